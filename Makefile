@@ -1,0 +1,95 @@
+# lua-etcd: build, test and demo. On a fresh Debian 12 machine (as root):
+#   make test    install what is missing, build, run the whole suite against real etcd
+#   make demo    install what is missing, build, run examples/tour.lua against a throw-away etcd
+
+LUA        ?= lua5.4
+LUA_PC     ?= lua5.4
+BUILD      ?= build
+VARIANT    ?=
+# The default build is build/etcd/core.so; any other (VARIANT=asan, ...) goes to
+# build/<variant>/etcd/core.so and never overwrites it.
+OUTDIR      = $(if $(VARIANT),$(BUILD)/$(VARIANT),$(BUILD))
+GEN         = $(BUILD)/gen
+OBJDIR      = $(OUTDIR)/obj
+MODULE      = $(OUTDIR)/etcd/core.so
+
+DEB_PKGS = lua5.4 liblua5.4-dev lua-busted libgrpc-dev libprotobuf-c-dev \
+           protobuf-c-compiler etcd-server etcd-client pkg-config openssl
+
+PKG_CFLAGS = $(shell pkg-config --cflags grpc gpr libprotobuf-c $(LUA_PC) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs grpc gpr libprotobuf-c 2>/dev/null)
+
+OPTFLAGS  ?= -O2 -g
+CFLAGS_ALL = -std=gnu11 -fPIC $(OPTFLAGS) -Wall -Wextra -Werror -fvisibility=hidden \
+             -Isrc -I$(GEN) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+# Generated code is protoc-c's, not ours: build it without -Werror.
+GEN_CFLAGS = -std=gnu11 -fPIC $(OPTFLAGS) -fvisibility=hidden -I$(GEN) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS_ALL = -shared $(EXTRA_LDFLAGS)
+
+PROTOS    = proto/mvccpb/kv.proto proto/authpb/auth.proto proto/etcdserverpb/rpc.proto
+GEN_C     = $(patsubst proto/%.proto,$(GEN)/%.pb-c.c,$(PROTOS))
+GEN_H     = $(GEN_C:.c=.h)
+SRC       = $(wildcard src/*.c src/engine/*.c)
+OBJ       = $(patsubst src/%.c,$(OBJDIR)/%.o,$(SRC)) \
+            $(patsubst $(GEN)/%.c,$(OBJDIR)/gen/%.o,$(GEN_C))
+HDRS      = $(wildcard src/*.h src/engine/*.h)
+
+BUSTED    = busted --lua=$(LUA)
+LUA_ENV   = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='$(OUTDIR)/?.so;;'
+ETCD_PROTO_DIR = $(BUILD)/etcd-upstream
+
+.PHONY: all deps test demo clean check-proto spec
+
+all: $(MODULE)
+
+# Install whatever Debian packages are missing; nothing when all are there.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: proto/%.proto
+	@mkdir -p $(GEN)
+	protoc-c --c_out=$(GEN) -Iproto $<
+
+# protoc-c writes .c and .h together; make every object wait for all headers.
+$(OBJDIR)/%.o: src/%.c $(HDRS) $(GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(OBJDIR)/gen/%.o: $(GEN)/%.c $(GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(GEN_CFLAGS) -c $< -o $@
+
+$(MODULE): $(OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $(OBJ) $(PKG_LIBS) -lpthread -lm
+	@bad=$$(nm -D --defined-only $@ | awk '$$2 ~ /^[TDBR]$$/ {print $$3}' | grep -v '^luaopen_etcd_core$$' || true); \
+	if [ -n "$$bad" ]; then echo "exported symbols besides luaopen_etcd_core: $$bad" >&2; rm -f $@; exit 1; fi
+
+# Our .proto files against etcd's own (from Debian's golang-etcd-server-dev,
+# downloaded, never installed).
+check-proto: deps
+	bash tools/fetch-etcd-proto.sh $(ETCD_PROTO_DIR)
+	$(LUA) tools/check-proto.lua $(ETCD_PROTO_DIR) proto
+
+# The whole suite; every spec starts its own etcd (spec/helpers.lua).
+spec: all
+	$(LUA_ENV) $(BUSTED) $(BUSTED_ARGS)
+
+test: deps
+	$(MAKE) all
+	$(MAKE) check-proto
+	$(MAKE) spec
+
+demo: deps
+	$(MAKE) all
+	$(LUA_ENV) $(LUA) examples/run.lua examples/tour.lua
+
+clean:
+	rm -rf $(BUILD)

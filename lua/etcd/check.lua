@@ -1,0 +1,81 @@
+--- Argument and option checking: misuse raises, naming the argument or option,
+-- at the level of the code that called the public method.
+local M = {}
+
+local function typename(v)
+  local t = type(v)
+  if t == "number" then return math.type(v) end
+  return t
+end
+
+--- Raise `msg` at the public caller's level (`level` counted from the caller of
+-- this module's function, as in `error`).
+function M.fail(msg, level)
+  error(msg, level + 1)
+end
+
+local checkers = {
+  boolean = function(v) return type(v) == "boolean" end,
+  string = function(v) return type(v) == "string" end,
+  table = function(v) return type(v) == "table" end,
+  integer = function(v) return math.type(v) == "integer" or (math.type(v) == "float" and math.tointeger(v) ~= nil) end,
+  -- non-negative seconds, not NaN
+  seconds = function(v) return type(v) == "number" and v == v and v >= 0 end,
+  ["non-negative integer"] = function(v)
+    local i = math.tointeger(v)
+    return i ~= nil and i >= 0
+  end,
+}
+M.checkers = checkers
+
+--- Check a value against a kind name (a key of `checkers`) or an enum table
+-- (accepted names -> wire value). Returns the normalised value or raises.
+function M.value(v, kind, what, level)
+  if type(kind) == "table" then
+    local w = type(v) == "string" and kind[v:lower()]
+    if w == nil then
+      local names = {}
+      for k in pairs(kind) do names[#names + 1] = ("%q"):format(k) end
+      table.sort(names)
+      error(("%s: expected one of %s, got %s"):format(what, table.concat(names, ", "),
+        type(v) == "string" and ("%q"):format(v) or typename(v)), level + 1)
+    end
+    return w
+  end
+  if not checkers[kind](v) then
+    local got = typename(v)
+    if kind == "seconds" and type(v) == "number" then got = tostring(v) end
+    error(("%s: %s expected, got %s"):format(what, kind == "seconds" and "non-negative number of seconds" or kind, got),
+      level + 1)
+  end
+  if kind == "integer" or kind == "non-negative integer" then return math.tointeger(v) end
+  return v
+end
+
+--- Check an options table against `spec` (option name -> kind). `nil` gives an
+-- empty table. Unknown names raise: a typo never silently changes a query.
+function M.options(opts, spec, fname, level)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" or getmetatable(opts) ~= nil then
+    error(("%s: options must be a plain table, got %s"):format(fname, typename(opts)), level + 1)
+  end
+  local out = {}
+  for k, v in pairs(opts) do
+    if type(k) ~= "string" then
+      error(("%s: option names must be strings, got %s"):format(fname, typename(k)), level + 1)
+    end
+    local kind = spec[k]
+    if kind == nil then
+      error(("%s: unknown option '%s'"):format(fname, k), level + 1)
+    end
+    out[k] = M.value(v, kind, ("%s: option '%s'"):format(fname, k), level + 1)
+  end
+  return out
+end
+
+--- Check a positional argument.
+function M.arg(v, kind, n, name, fname, level)
+  return M.value(v, kind, ("%s: bad argument #%d (%s)"):format(fname, n, name), level + 1)
+end
+
+return M

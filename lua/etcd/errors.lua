@@ -1,0 +1,47 @@
+--- The error contract (docs/ERROR_HANDLING.md): run-time failures come back as
+-- `nil, msg, code`; `code` is a stable string. This module turns what gRPC and
+-- etcd said into those codes, keeping etcd's own message text.
+local M = {}
+
+-- etcd's messages that have a code of their own, checked in order.
+local by_message = {
+  { "required revision has been compacted", "compacted" },
+  { "required revision is a future revision", "future_revision" },
+  { "requested lease not found", "lease_not_found" },
+  { "etcdserver: no leader", "no_leader" },
+  { "database space exceeded", "no_space" },
+  { "etcdserver: request is too large", "too_large" },
+  { "etcdserver: too many operations in txn request", "too_large" },
+  { "message larger than max", "too_large" }, -- gRPC's own send/receive limits
+  { "authentication failed, invalid user ID or password", "auth_failed" },
+}
+
+--- The stable code for a failure reported by the C core.
+function M.classify(msg, code)
+  if code == "closed" or code == "forked" or code == "timeout" then return code end
+  msg = msg or ""
+  for _, m in ipairs(by_message) do
+    if msg:find(m[1], 1, true) then return m[2] end
+  end
+  return code or "UNKNOWN"
+end
+
+--- A failure as the three values every method returns.
+function M.fail(msg, code)
+  if code == "timeout" and not msg:find("^etcd") then
+    msg = "etcd: deadline exceeded (" .. msg .. ")"
+  end
+  return nil, msg, M.classify(msg, code)
+end
+
+--- Error object raised by iterators: `{ message =, code = }` with __tostring.
+local Error = {}
+Error.__index = Error
+Error.__tostring = function(e) return e.message end
+M.Error = Error
+
+function M.new(msg, code)
+  return setmetatable({ message = msg, code = code }, Error)
+end
+
+return M

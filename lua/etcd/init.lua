@@ -1,0 +1,218 @@
+--- lua-etcd: etcd v3 for Lua.
+--
+--     local etcd = require "etcd"
+--     local cli = assert(etcd.new { endpoints = { "127.0.0.1:2379" } })
+--     assert(cli:put("foo", "1"))
+--     local res = assert(cli:get("foo", { prefix = true }))
+--
+-- Misuse raises; run-time failures return `nil, msg, code` (docs/ERROR_HANDLING.md).
+local core = require "etcd.core"
+local check = require "etcd.check"
+local errors = require "etcd.errors"
+local wait = require "etcd.wait"
+local kv = require "etcd.kv"
+local txn = require "etcd.txn"
+
+local etcd = {
+  version = core.version,
+  op = txn.op,
+  compare = txn.compare,
+  prefix_end = kv.prefix_end,
+  Error = errors.Error,
+}
+
+local Client = { __name = "etcd.client" }
+Client.__index = Client
+
+local NEW_OPTS = {
+  endpoints = "table", dial_timeout = "seconds", timeout = "seconds",
+  namespace = "string", max_send_size = "non-negative integer",
+  max_recv_size = "non-negative integer",
+}
+-- Options of DESIGN.md that later work adds; named here so that passing one
+-- says so instead of "unknown option".
+local NOT_YET = { tls = true, user = true, password = true, auto_sync_interval = true }
+
+-- "host:port" or "http://host:port" -> gRPC target
+local function target_of(ep, i)
+  local what = ("etcd.new: endpoints[%d]"):format(i)
+  if type(ep) ~= "string" then check.fail(("%s: string expected, got %s"):format(what, type(ep)), 3) end
+  local rest = ep:match("^http://(.*)$") or ep
+  if ep:match("^https://") then
+    check.fail(what .. ": https endpoints need TLS, which is not implemented yet", 3)
+  end
+  rest = rest:gsub("/$", "")
+  if rest:match("^%a[%w+.-]*://") then check.fail(("%s: unsupported scheme in %q"):format(what, ep), 3) end
+  local host, port = rest:match("^(%[[%x:.]+%]):(%d+)$")
+  if not host then host, port = rest:match("^([^:/%[%]]+):(%d+)$") end
+  if not host or tonumber(port) < 1 or tonumber(port) > 65535 then
+    check.fail(("%s: \"host:port\" expected, got %q"):format(what, ep), 3)
+  end
+  return host .. ":" .. port
+end
+
+--- Connect to etcd. Options: endpoints (list of "host:port" or
+-- "http://host:port"), dial_timeout (seconds, default 5; 0: do not wait),
+-- timeout (default per-call deadline, 10 s), namespace, max_send_size,
+-- max_recv_size. Returns a client or nil, msg, code.
+function etcd.new(opts)
+  if type(opts) ~= "table" then
+    check.fail(("etcd.new: bad argument #1 (options table expected, got %s)"):format(type(opts)), 2)
+  end
+  for k in pairs(opts) do
+    if NOT_YET[k] then check.fail(("etcd.new: option '%s' is not implemented yet"):format(k), 2) end
+  end
+  local o = check.options(opts, NEW_OPTS, "etcd.new", 2)
+  local eps = o.endpoints
+  if not eps or #eps == 0 then check.fail("etcd.new: option 'endpoints' must list at least one endpoint", 2) end
+  local targets = {}
+  for i = 1, #eps do targets[i] = target_of(eps[i], i) end
+  for k in pairs(eps) do
+    if math.type(k) ~= "integer" or k < 1 or k > #eps then
+      check.fail("etcd.new: option 'endpoints' must be a list", 2)
+    end
+  end
+  local c, msg, code = core.new { targets = targets, max_send_size = o.max_send_size, max_recv_size = o.max_recv_size }
+  if not c then return nil, msg, code end
+  local self = setmetatable({
+    _core = c,
+    _timeout = o.timeout or 10,
+    _ns = o.namespace or "",
+    _endpoints = targets,
+  }, Client)
+  local dial = o.dial_timeout or 5
+  if dial > 0 then
+    c:_dial(dial)
+    if not wait.until_ready(c, function() return c:_ready() end, dial) then
+      c:close()
+      return nil, ("etcd: no endpoint reachable within %gs (%s)"):format(dial, table.concat(targets, ", ")),
+        "UNAVAILABLE"
+    end
+  end
+  return self
+end
+
+--- Close the client: every call in flight ends with code "closed", later calls
+-- return nil, msg, "closed". Idempotent; also __close and __gc.
+function Client:close()
+  self._core:close()
+end
+Client.__close = Client.close
+
+function Client:__tostring()
+  return tostring(self._core)
+end
+
+--- The eventfd the client's pump thread signals, for event loops.
+function Client:pollfd() return self._core:pollfd() end
+
+--- The endpoints this client uses, as gRPC targets.
+function Client:endpoints()
+  local t = {}
+  for i, e in ipairs(self._endpoints) do t[i] = e end
+  return t
+end
+
+-- Start a unary call and wait for its result.
+function Client:_call(method, req, timeout)
+  timeout = timeout or self._timeout
+  local c = self._core
+  local h, msg, code = c:_unary(method, req, timeout, self._md)
+  if not h then return errors.fail(msg, code) end
+  return wait.call(c, h, timeout)
+end
+
+-- Send an op (etcd.op.*) and shape its result.
+function Client:_send(op, timeout)
+  local ns = self._ns
+  if ns ~= "" and op.kind ~= "txn" and op.req.key == "" and (op.req.range_end or "") == "" then
+    return nil, "etcdserver: key is not provided", "INVALID_ARGUMENT"
+  end
+  local res, msg, code = self:_call(txn.KIND_METHOD[op.kind], txn.wire(ns, op.kind, op.req), timeout)
+  if not res then return nil, msg, code end
+  return txn.shape(ns, op.kind, res)
+end
+
+-- ---------------------------------------------------------------------------
+-- KV
+
+--- cli:get(key, opts) -> { header, kvs, more, count }
+function Client:get(key, opts)
+  check.arg(key, "string", 1, "key", "get", 2)
+  local o = check.options(opts, kv.GET_CALL_OPTS, "get", 2)
+  local op = setmetatable({ kind = "get", req = kv.range_request(key, o, "get", 2) }, txn.Op)
+  return self:_send(op, o.timeout)
+end
+
+--- cli:put(key, value, opts) -> { header, prev_kv }
+function Client:put(key, value, opts)
+  local o = check.options(opts, kv.PUT_CALL_OPTS, "put", 2)
+  key, value = kv.put_args(key, value, o, "put", 2)
+  local op = setmetatable({ kind = "put", req = kv.put_request(key, value, o) }, txn.Op)
+  return self:_send(op, o.timeout)
+end
+
+--- cli:delete(key, opts) -> { header, deleted, prev_kvs }
+function Client:delete(key, opts)
+  check.arg(key, "string", 1, "key", "delete", 2)
+  local o = check.options(opts, kv.DELETE_CALL_OPTS, "delete", 2)
+  local op = setmetatable({ kind = "delete", req = kv.delete_request(key, o, "delete", 2) }, txn.Op)
+  return self:_send(op, o.timeout)
+end
+
+--- cli:compact(revision, opts) -> { header }
+function Client:compact(revision, opts)
+  revision = check.arg(revision, "integer", 1, "revision", "compact", 2)
+  local o = check.options(opts, kv.COMPACT_CALL_OPTS, "compact", 2)
+  return self:_call("KV.Compact", { revision = revision, physical = o.physical }, o.timeout)
+end
+
+-- ---------------------------------------------------------------------------
+-- txn and batches
+
+local CALL_OPTS = { timeout = "seconds" }
+
+--- cli:txn{ compare =, success =, failure = } -> { header, succeeded, responses }
+function Client:txn(t, opts)
+  local req = txn.txn_request(t, "txn", 2)
+  local o = check.options(opts, CALL_OPTS, "txn", 2)
+  return self:_send(setmetatable({ kind = "txn", req = req }, txn.Op), o.timeout)
+end
+
+--- cli:exec(op) runs one etcd.op.* (Go's Do) and returns the matching result.
+function Client:exec(op, opts)
+  if getmetatable(op) ~= txn.Op then
+    check.fail(("exec: bad argument #1 (etcd.op expected, got %s)"):format(type(op)), 2)
+  end
+  local o = check.options(opts, CALL_OPTS, "exec", 2)
+  return self:_send(op, o.timeout)
+end
+
+--- cli:batch(ops, opts) runs ops in order and returns their results in order.
+-- Without `atomic`, each op is its own request: on a failure the result is
+-- nil, msg, code, done (the results of the ops that were applied before).
+-- With `atomic = true` the ops are sent as one txn: all apply or none.
+function Client:batch(ops, opts)
+  if type(ops) ~= "table" then check.fail(("batch: bad argument #1 (list of etcd.op expected, got %s)"):format(type(ops)), 2) end
+  for i = 1, #ops do
+    if getmetatable(ops[i]) ~= txn.Op then
+      check.fail(("batch: ops[%d] must be made by etcd.op.*"):format(i), 2)
+    end
+  end
+  local o = check.options(opts, { timeout = "seconds", atomic = "boolean" }, "batch", 2)
+  if o.atomic then
+    local res, msg, code = self:txn({ success = ops }, { timeout = o.timeout })
+    if not res then return nil, msg, code end
+    return res.responses
+  end
+  local results = {}
+  for i = 1, #ops do
+    local res, msg, code = self:_send(ops[i], o.timeout)
+    if not res then return nil, msg, code, results end
+    results[i] = res
+  end
+  return results
+end
+
+etcd.Client = Client
+return etcd

@@ -1,0 +1,433 @@
+/*
+ * etcd.core: the C module behind lua/etcd/. It exposes a client object that
+ * starts calls (returning at once) and a call object that says when it is done
+ * and what came back. Waiting is Lua's business (lua/etcd/wait.lua).
+ *
+ *   core.new{ targets = {...}, max_send_size =, max_recv_size = } -> client
+ *   client:_dial(seconds)        start connecting, watch until then
+ *   client:_ready()              true when a channel is ready
+ *   client:_wait(seconds|nil)    block until the pump signals; true/false
+ *   client:_unary(method, request, seconds, metadata) -> call
+ *   client:pollfd()              the eventfd, for event loops
+ *   client:close()               also __gc and __close; idempotent
+ *   call:done(), call:result() -> table | nil, msg, code; call:cancel()
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "engine/engine.h"
+#include "etcdserverpb/rpc.pb-c.h"
+#include "pbconv.h"
+
+#define CLIENT_MT "etcd.core.client"
+#define CALL_MT "etcd.core.call"
+#define MAX_METADATA 16
+
+#ifndef LUA_ETCD_VERSION
+#define LUA_ETCD_VERSION "scm"
+#endif
+
+typedef struct lclient {
+  ec_client *c;
+} lclient;
+
+typedef struct lcall {
+  ec_call *k;
+  const ProtobufCMessageDescriptor *out;
+} lcall;
+
+static const char *const status_names[] = {
+    "OK",                 "CANCELLED",         "UNKNOWN",
+    "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS",     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION", "ABORTED",          "OUT_OF_RANGE",
+    "UNIMPLEMENTED",      "INTERNAL",          "UNAVAILABLE",
+    "DATA_LOSS",          "UNAUTHENTICATED"};
+
+static const ProtobufCServiceDescriptor *const services[] = {
+    &etcdserverpb__kv__descriptor,          &etcdserverpb__lease__descriptor,
+    &etcdserverpb__cluster__descriptor,     &etcdserverpb__maintenance__descriptor,
+    &etcdserverpb__auth__descriptor,        &etcdserverpb__watch__descriptor};
+
+/* Methods that stream: a unary call on them is a bug. */
+static const char *const streaming[] = {"Watch.Watch", "Lease.LeaseKeepAlive",
+                                        "Maintenance.Snapshot"};
+
+static int push_fail(lua_State *L, const char *msg, const char *code) {
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  lua_pushstring(L, code);
+  return 3;
+}
+
+/* Seconds (a non-negative number) to milliseconds; `nil` gives `dflt`. */
+static int64_t opt_ms(lua_State *L, int idx, int64_t dflt) {
+  if (lua_isnoneornil(L, idx)) return dflt;
+  lua_Number s = luaL_checknumber(L, idx);
+  if (isnan(s) || s < 0)
+    luaL_argerror(L, idx, "timeout must be a non-negative number of seconds");
+  if (s > 1e9) return -1; /* effectively forever */
+  return (int64_t)ceil(s * 1000.0);
+}
+
+/* ---------------------------------------------------------------------- */
+/* client                                                                   */
+
+static lclient *check_client(lua_State *L) {
+  return luaL_checkudata(L, 1, CLIENT_MT);
+}
+
+/* The client, or NULL with nil, msg, code pushed (closed or forked). */
+static ec_client *live_client(lua_State *L, int *nret) {
+  lclient *u = check_client(L);
+  if (!u->c || ec_client_closed(u->c)) {
+    *nret = push_fail(L, "etcd: client is closed", "closed");
+    return NULL;
+  }
+  if (ec_client_pid(u->c) != (long)getpid()) {
+    *nret = push_fail(L,
+                      "etcd: client was created in another process; create a "
+                      "new client after fork()",
+                      "forked");
+    return NULL;
+  }
+  return u->c;
+}
+
+static int l_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  const char *targets[64];
+  size_t n = 0;
+  if (lua_getfield(L, 1, "targets") != LUA_TTABLE)
+    return luaL_argerror(L, 1, "targets: table expected");
+  size_t len = (size_t)lua_rawlen(L, -1);
+  if (len == 0 || len > 64)
+    return luaL_argerror(L, 1, "targets: 1 to 64 endpoints expected");
+  for (size_t i = 1; i <= len; i++) {
+    lua_rawgeti(L, -1, (lua_Integer)i);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      return luaL_argerror(L, 1, "targets: strings expected");
+    targets[n++] = lua_tostring(L, -1); /* anchored by the targets table */
+    lua_pop(L, 1);
+  }
+  ec_config cfg = {targets, n, 0, 0};
+  lua_getfield(L, 1, "max_send_size");
+  lua_getfield(L, 1, "max_recv_size");
+  cfg.max_send_size = (int)luaL_optinteger(L, -2, 0);
+  cfg.max_recv_size = (int)luaL_optinteger(L, -1, 0);
+  lua_pop(L, 2);
+  lclient *u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->c = NULL;
+  luaL_setmetatable(L, CLIENT_MT);
+  char err[256];
+  u->c = ec_client_new(&cfg, err, sizeof err);
+  if (!u->c) {
+    if (ec_global_pid() && ec_global_pid() != (long)getpid())
+      return push_fail(L,
+                       "etcd: gRPC was started by the parent process and "
+                       "cannot run after fork(); create clients only in the "
+                       "process that uses them",
+                       "forked");
+    return push_fail(L, err, "INTERNAL");
+  }
+  return 1;
+}
+
+static int l_close(lua_State *L) {
+  lclient *u = check_client(L);
+  if (u->c) ec_client_close(u->c);
+  return 0;
+}
+
+static int l_gc(lua_State *L) {
+  lclient *u = check_client(L);
+  if (u->c) ec_client_release(u->c);
+  u->c = NULL;
+  return 0;
+}
+
+static int l_tostring(lua_State *L) {
+  lclient *u = check_client(L);
+  if (!u->c) {
+    lua_pushfstring(L, "etcd.client (released): %p", (void *)u);
+    return 1;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "etcd.client (");
+  for (size_t i = 0; i < ec_client_nchannels(u->c); i++) {
+    if (i) luaL_addstring(&b, ", ");
+    luaL_addstring(&b, ec_client_target(u->c, i));
+  }
+  luaL_addstring(&b, ec_client_closed(u->c) ? "; closed)" : ")");
+  lua_pushfstring(L, ": %p", (void *)u);
+  luaL_addvalue(&b);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static int l_closed(lua_State *L) {
+  lclient *u = check_client(L);
+  lua_pushboolean(L, !u->c || ec_client_closed(u->c));
+  return 1;
+}
+
+static int l_pollfd(lua_State *L) {
+  lclient *u = check_client(L);
+  lua_pushinteger(L, u->c ? ec_client_fd(u->c) : -1);
+  return 1;
+}
+
+static int l_dial(lua_State *L) {
+  int nret;
+  ec_client *c = live_client(L, &nret);
+  if (!c) return nret;
+  ec_client_dial(c, opt_ms(L, 2, 5000));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_ready(lua_State *L) {
+  int nret;
+  ec_client *c = live_client(L, &nret);
+  if (!c) return nret;
+  lua_pushboolean(L, ec_client_ready(c));
+  return 1;
+}
+
+static int l_wait(lua_State *L) {
+  int nret;
+  ec_client *c = live_client(L, &nret);
+  if (!c) return nret;
+  int64_t ms = opt_ms(L, 2, -1);
+  int r = ec_client_wait(c, ms > INT32_MAX ? INT32_MAX : (int)ms);
+  if (r < 0) return push_fail(L, "etcd: client is closed", "closed");
+  lua_pushboolean(L, r);
+  return 1;
+}
+
+static int l_inflight(lua_State *L) {
+  lclient *u = check_client(L);
+  lua_pushinteger(L, u->c ? (lua_Integer)ec_client_inflight(u->c) : 0);
+  return 1;
+}
+
+static const ProtobufCMethodDescriptor *find_method(const char *name,
+                                                    const char **service) {
+  const char *dot = strchr(name, '.');
+  if (!dot) return NULL;
+  size_t slen = (size_t)(dot - name);
+  for (size_t i = 0; i < sizeof services / sizeof *services; i++) {
+    const ProtobufCServiceDescriptor *s = services[i];
+    if (strlen(s->short_name) != slen || strncmp(s->short_name, name, slen))
+      continue;
+    for (unsigned j = 0; j < s->n_methods; j++)
+      if (!strcmp(s->methods[j].name, dot + 1)) {
+        *service = s->name;
+        return &s->methods[j];
+      }
+  }
+  return NULL;
+}
+
+/* client:_unary(method, request, seconds, metadata) -> call | nil, msg, code */
+static int l_unary(lua_State *L) {
+  int nret;
+  ec_client *c = live_client(L, &nret);
+  if (!c) return nret;
+  const char *mname = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int64_t ms = opt_ms(L, 4, 10000);
+  for (size_t i = 0; i < sizeof streaming / sizeof *streaming; i++)
+    if (!strcmp(mname, streaming[i]))
+      return luaL_argerror(L, 2, "streaming method: not a unary call");
+  const char *service;
+  const ProtobufCMethodDescriptor *m = find_method(mname, &service);
+  if (!m) return luaL_argerror(L, 2, "unknown etcd method");
+
+  ec_metadata md[MAX_METADATA];
+  size_t nmd = 0;
+  if (!lua_isnoneornil(L, 5)) {
+    luaL_checktype(L, 5, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 5)) {
+      if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+        return luaL_argerror(L, 5, "metadata: string keys and values expected");
+      if (nmd == MAX_METADATA)
+        return luaL_argerror(L, 5, "metadata: too many entries");
+      md[nmd].key = lua_tostring(L, -2); /* anchored by the table */
+      md[nmd].value = lua_tolstring(L, -1, &md[nmd].value_len);
+      nmd++;
+      lua_pop(L, 1);
+    }
+  }
+
+  pbconv_pack(L, 3, m->input);
+  size_t reqlen;
+  const char *req = lua_tolstring(L, -1, &reqlen);
+  char path[160];
+  snprintf(path, sizeof path, "/%s/%s", service, m->name);
+
+  lcall *h = lua_newuserdatauv(L, sizeof *h, 0);
+  h->k = NULL;
+  h->out = m->output;
+  luaL_setmetatable(L, CALL_MT);
+  char err[256];
+  h->k = ec_unary_start(c, path, req, reqlen, ms, -1, md, nmd, err, sizeof err);
+  if (!h->k)
+    return push_fail(L, err,
+                     ec_client_closed(c) ? "closed" : "INTERNAL");
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* call                                                                     */
+
+static lcall *check_call(lua_State *L) {
+  return luaL_checkudata(L, 1, CALL_MT);
+}
+
+static int c_done(lua_State *L) {
+  lcall *h = check_call(L);
+  lua_pushboolean(L, !h->k || ec_call_done(h->k));
+  return 1;
+}
+
+static int c_cancel(lua_State *L) {
+  lcall *h = check_call(L);
+  if (h->k) ec_call_cancel(h->k);
+  return 0;
+}
+
+static int c_gc(lua_State *L) {
+  lcall *h = check_call(L);
+  if (h->k) ec_call_release(h->k);
+  h->k = NULL;
+  return 0;
+}
+
+/* call:result() -> response table | nil, message, code
+ * code is the gRPC status name, or "closed" / "timeout" / "cancelled". */
+static int c_result(lua_State *L) {
+  lcall *h = check_call(L);
+  if (!h->k) return push_fail(L, "etcd: call was released", "closed");
+  if (!ec_call_done(h->k)) return luaL_error(L, "etcd: call not finished");
+  int st = ec_call_status(h->k);
+  const char *msg = ec_call_details(h->k);
+  switch (ec_call_end(h->k)) {
+  case EC_END_CLOSED:
+    return push_fail(L, "etcd: client is closed", "closed");
+  case EC_END_CANCELLED:
+    if (st == 1) return push_fail(L, "etcd: call cancelled", "cancelled");
+    break;
+  }
+  if (st != 0) {
+    if (st == 4) return push_fail(L, *msg ? msg : "deadline exceeded", "timeout");
+    const char *code =
+        st > 0 && st < (int)(sizeof status_names / sizeof *status_names)
+            ? status_names[st]
+            : "UNKNOWN";
+    return push_fail(L, *msg ? msg : code, code);
+  }
+  size_t len;
+  const void *data = ec_call_response(h->k, &len);
+  if (!pbconv_unpack(L, h->out, data ? data : "", data ? len : 0)) {
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    lua_pushstring(L, "INTERNAL");
+    return 3;
+  }
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+
+static int l_now(lua_State *L) {
+  /* core.now(): monotonic seconds, for deadlines in Lua. */
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+static int l_unpack(lua_State *L) {
+  /* core._unpack(message_name, bytes): decode bytes as a response message.
+   * For specs and the fuzzer: the same path as a real response. */
+  const char *name = luaL_checkstring(L, 1);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  const ProtobufCMessageDescriptor *d = NULL;
+  for (size_t i = 0; i < sizeof services / sizeof *services && !d; i++)
+    for (unsigned j = 0; j < services[i]->n_methods && !d; j++) {
+      if (!strcmp(services[i]->methods[j].output->short_name, name))
+        d = services[i]->methods[j].output;
+      else if (!strcmp(services[i]->methods[j].input->short_name, name))
+        d = services[i]->methods[j].input;
+    }
+  if (!d) return luaL_argerror(L, 1, "unknown message");
+  if (!pbconv_unpack(L, d, data, len)) {
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
+  }
+  return 1;
+}
+
+static int l_pack(lua_State *L) {
+  /* core._pack(message_name, table): the encoder used for requests. */
+  const char *name = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  const ProtobufCMessageDescriptor *d = NULL;
+  for (size_t i = 0; i < sizeof services / sizeof *services && !d; i++)
+    for (unsigned j = 0; j < services[i]->n_methods && !d; j++) {
+      if (!strcmp(services[i]->methods[j].input->short_name, name))
+        d = services[i]->methods[j].input;
+      else if (!strcmp(services[i]->methods[j].output->short_name, name))
+        d = services[i]->methods[j].output;
+    }
+  if (!d) return luaL_argerror(L, 1, "unknown message");
+  pbconv_pack(L, 2, d);
+  return 1;
+}
+
+__attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
+  static const luaL_Reg client_methods[] = {
+      {"close", l_close},     {"pollfd", l_pollfd}, {"_dial", l_dial},
+      {"_ready", l_ready},    {"_wait", l_wait},    {"_unary", l_unary},
+      {"_inflight", l_inflight}, {"_closed", l_closed}, {NULL, NULL}};
+  static const luaL_Reg call_methods[] = {{"done", c_done},
+                                          {"result", c_result},
+                                          {"cancel", c_cancel},
+                                          {NULL, NULL}};
+  pbconv_open(L);
+  luaL_newmetatable(L, CLIENT_MT);
+  luaL_newlib(L, client_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, l_close);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, l_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+
+  luaL_newmetatable(L, CALL_MT);
+  luaL_newlib(L, call_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, c_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+
+  static const luaL_Reg funcs[] = {
+      {"new", l_new}, {"now", l_now}, {"_unpack", l_unpack}, {"_pack", l_pack}, {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  lua_pushstring(L, LUA_ETCD_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}

@@ -1,0 +1,600 @@
+/*
+ * Client, channels, pump thread and unary calls over gRPC's C core.
+ * No lua.h here: see engine.h.
+ */
+#include "engine.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/log.h>
+#include <grpc/support/time.h>
+
+/* Every completion-queue tag starts with this: the pump calls `done`. */
+typedef struct ec_tag {
+  void (*done)(struct ec_tag *tag, int ok);
+} ec_tag;
+
+typedef struct ec_chan {
+  ec_tag tag; /* connectivity watch */
+  ec_client *client;
+  grpc_channel *channel;
+  char *target;
+  int watching;
+  gpr_timespec watch_until;
+} ec_chan;
+
+struct ec_client {
+  atomic_int refs;
+  pthread_mutex_t mu;
+  grpc_completion_queue *cq;
+  pthread_t pump;
+  int pump_started;
+  int efd;
+  int closed;
+  long pid;
+  size_t nchan;
+  size_t current;
+  ec_chan *chans;
+  ec_call *inflight; /* doubly linked list of unary calls in flight */
+  size_t ninflight;
+};
+
+struct ec_call {
+  ec_tag tag;
+  atomic_int refs;
+  atomic_int done;
+  ec_client *client;
+  grpc_call *call; /* owned until the batch completes; guarded by client->mu */
+  int chan;
+  int end;
+  ec_call *prev, *next;
+  /* the batch */
+  grpc_metadata *send_md;
+  size_t nsend_md;
+  grpc_byte_buffer *send_buf;
+  grpc_byte_buffer *recv_buf;
+  grpc_metadata_array recv_md;
+  grpc_metadata_array trail_md;
+  grpc_status_code status;
+  grpc_slice details;
+  const char *error_string;
+  /* results, plain memory once done */
+  char *response;
+  size_t response_len;
+  char *message;
+};
+
+/* ---------------------------------------------------------------------- */
+/* process-wide gRPC start                                                  */
+
+static pthread_mutex_t global_mu = PTHREAD_MUTEX_INITIALIZER;
+static long global_pid;
+
+static void log_sink(gpr_log_func_args *args) {
+  /* gRPC's own log lines stay off stderr unless asked for. */
+  static int want = -1;
+  if (want < 0) want = getenv("LUA_ETCD_GRPC_LOG") != NULL;
+  if (want)
+    fprintf(stderr, "grpc %s %s:%d %s\n", gpr_log_severity_string(args->severity),
+            args->file, args->line, args->message);
+}
+
+int ec_global_init(void) {
+  int rc = 0;
+  pthread_mutex_lock(&global_mu);
+  if (global_pid == 0) {
+    gpr_set_log_function(log_sink);
+    grpc_init();
+    global_pid = (long)getpid();
+  } else if (global_pid != (long)getpid()) {
+    rc = -1;
+  }
+  pthread_mutex_unlock(&global_mu);
+  return rc;
+}
+
+long ec_global_pid(void) {
+  long p;
+  pthread_mutex_lock(&global_mu);
+  p = global_pid;
+  pthread_mutex_unlock(&global_mu);
+  return p;
+}
+
+/* ---------------------------------------------------------------------- */
+/* helpers                                                                  */
+
+static gpr_timespec deadline_in(int64_t ms) {
+  if (ms < 0) return gpr_inf_future(GPR_CLOCK_MONOTONIC);
+  return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                      gpr_time_from_millis(ms, GPR_TIMESPAN));
+}
+
+static void signal_lua(ec_client *c) {
+  uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = write(c->efd, &one, sizeof one);
+  } while (n < 0 && errno == EINTR);
+  /* EAGAIN means the counter is already huge: a wake-up is pending anyway. */
+}
+
+static char *dup_slice(grpc_slice s) {
+  size_t n = GRPC_SLICE_LENGTH(s);
+  char *p = malloc(n + 1);
+  if (p) {
+    memcpy(p, GRPC_SLICE_START_PTR(s), n);
+    p[n] = 0;
+  }
+  return p;
+}
+
+static void client_unref(ec_client *c) {
+  if (atomic_fetch_sub(&c->refs, 1) != 1) return;
+  for (size_t i = 0; i < c->nchan; i++) free(c->chans[i].target);
+  free(c->chans);
+  if (c->efd >= 0) close(c->efd);
+  pthread_mutex_destroy(&c->mu);
+  free(c);
+}
+
+/* ---------------------------------------------------------------------- */
+/* pump thread                                                              */
+
+static void *pump_main(void *arg) {
+  ec_client *c = arg;
+  for (;;) {
+    grpc_event ev = grpc_completion_queue_next(
+        c->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+    if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+    if (ev.type == GRPC_OP_COMPLETE) {
+      ec_tag *t = ev.tag;
+      t->done(t, ev.success);
+    }
+  }
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------- */
+/* channels and connectivity                                                */
+
+static void chan_watch_done(ec_tag *tag, int ok) {
+  ec_chan *ch = (ec_chan *)tag;
+  ec_client *c = ch->client;
+  pthread_mutex_lock(&c->mu);
+  ch->watching = 0;
+  if (!c->closed && ok) {
+    grpc_connectivity_state st =
+        grpc_channel_check_connectivity_state(ch->channel, 1);
+    if (st != GRPC_CHANNEL_READY &&
+        gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), ch->watch_until) < 0) {
+      grpc_channel_watch_connectivity_state(ch->channel, st, ch->watch_until,
+                                            c->cq, &ch->tag);
+      ch->watching = 1;
+    }
+  }
+  pthread_mutex_unlock(&c->mu);
+  signal_lua(c);
+}
+
+void ec_client_dial(ec_client *c, int64_t timeout_ms) {
+  pthread_mutex_lock(&c->mu);
+  if (!c->closed) {
+    gpr_timespec until = deadline_in(timeout_ms);
+    for (size_t i = 0; i < c->nchan; i++) {
+      ec_chan *ch = &c->chans[i];
+      ch->watch_until = until;
+      grpc_connectivity_state st =
+          grpc_channel_check_connectivity_state(ch->channel, 1);
+      if (!ch->watching && st != GRPC_CHANNEL_READY) {
+        grpc_channel_watch_connectivity_state(ch->channel, st, until, c->cq,
+                                              &ch->tag);
+        ch->watching = 1;
+      }
+    }
+  }
+  pthread_mutex_unlock(&c->mu);
+}
+
+int ec_client_ready(ec_client *c) {
+  int ready = 0;
+  pthread_mutex_lock(&c->mu);
+  if (!c->closed)
+    for (size_t i = 0; i < c->nchan && !ready; i++)
+      ready = grpc_channel_check_connectivity_state(c->chans[i].channel, 0) ==
+              GRPC_CHANNEL_READY;
+  pthread_mutex_unlock(&c->mu);
+  return ready;
+}
+
+/* Choose the channel for a call: the current one while it is ready, else the
+ * next ready one, else the current one (the call then waits for it). Called
+ * with c->mu held. */
+static size_t pick_channel(ec_client *c) {
+  for (size_t k = 0; k < c->nchan; k++) {
+    size_t i = (c->current + k) % c->nchan;
+    if (grpc_channel_check_connectivity_state(c->chans[i].channel, k == 0) ==
+        GRPC_CHANNEL_READY) {
+      c->current = i;
+      return i;
+    }
+  }
+  return c->current;
+}
+
+/* ---------------------------------------------------------------------- */
+/* client                                                                   */
+
+ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
+  if (ec_global_init() != 0) {
+    snprintf(err, errlen, "gRPC was started in another process (fork)");
+    return NULL;
+  }
+  if (cfg->ntargets == 0) {
+    snprintf(err, errlen, "no endpoints");
+    return NULL;
+  }
+  ec_client *c = calloc(1, sizeof *c);
+  if (!c) goto oom;
+  atomic_init(&c->refs, 1);
+  c->efd = -1;
+  pthread_mutex_init(&c->mu, NULL);
+  c->pid = (long)getpid();
+  c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (c->efd < 0) {
+    snprintf(err, errlen, "eventfd: %s", strerror(errno));
+    client_unref(c);
+    return NULL;
+  }
+  c->chans = calloc(cfg->ntargets, sizeof *c->chans);
+  if (!c->chans) goto oom;
+  c->nchan = cfg->ntargets;
+  for (size_t i = 0; i < c->nchan; i++)
+    if (!(c->chans[i].target = strdup(cfg->targets[i]))) goto oom;
+
+  grpc_arg args[9];
+  int na = 0;
+#define INT_ARG(k, v)                                                          \
+  do {                                                                         \
+    args[na].type = GRPC_ARG_INTEGER;                                          \
+    args[na].key = (char *)(k);                                                \
+    args[na].value.integer = (v);                                              \
+    na++;                                                                      \
+  } while (0)
+  /* etcd's Go client: 2 MiB send limit, no practical receive limit. */
+  INT_ARG(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+          cfg->max_send_size > 0 ? cfg->max_send_size : 2 * 1024 * 1024);
+  INT_ARG(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+          cfg->max_recv_size > 0 ? cfg->max_recv_size : 0x7fffffff);
+  /* Each client has its own connections: closing one never disturbs another. */
+  INT_ARG(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  /* Keep-alive pings detect a hung member; never more often than etcd's 5 s
+   * minimum, and only while calls are active (etcd refuses idle pings). */
+  INT_ARG(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  INT_ARG(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  INT_ARG(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+  /* Reconnect quickly after a member restarts. */
+  INT_ARG(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  INT_ARG(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  INT_ARG(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+#undef INT_ARG
+  grpc_channel_args chargs = {(size_t)na, args};
+
+  c->cq = grpc_completion_queue_create_for_next(NULL);
+  grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+  for (size_t i = 0; i < c->nchan; i++) {
+    ec_chan *ch = &c->chans[i];
+    ch->tag.done = chan_watch_done;
+    ch->client = c;
+    ch->channel = grpc_channel_create(ch->target, creds, &chargs);
+  }
+  grpc_channel_credentials_release(creds);
+
+  if (pthread_create(&c->pump, NULL, pump_main, c) != 0) {
+    snprintf(err, errlen, "cannot start the pump thread");
+    ec_client_close(c);
+    client_unref(c);
+    return NULL;
+  }
+  c->pump_started = 1;
+  return c;
+
+oom:
+  snprintf(err, errlen, "out of memory");
+  if (c) client_unref(c);
+  return NULL;
+}
+
+void ec_client_close(ec_client *c) {
+  pthread_mutex_lock(&c->mu);
+  if (c->closed) {
+    pthread_mutex_unlock(&c->mu);
+    return;
+  }
+  c->closed = 1;
+  if ((long)getpid() != c->pid) {
+    /* A fork() child: gRPC's threads do not exist here. Touch nothing. */
+    pthread_mutex_unlock(&c->mu);
+    return;
+  }
+  for (ec_call *k = c->inflight; k; k = k->next) {
+    k->end = EC_END_CLOSED;
+    grpc_call_cancel_with_status(k->call, GRPC_STATUS_CANCELLED,
+                                 "client closed", NULL);
+  }
+  pthread_mutex_unlock(&c->mu);
+  /* Pending connectivity watches complete when their channel is destroyed. */
+  for (size_t i = 0; i < c->nchan; i++)
+    if (c->chans[i].channel) {
+      grpc_channel_destroy(c->chans[i].channel);
+      c->chans[i].channel = NULL;
+    }
+  if (c->cq) {
+    grpc_completion_queue_shutdown(c->cq);
+    /* The pump sees GRPC_QUEUE_SHUTDOWN only after every tag completed. */
+    if (c->pump_started) {
+      pthread_join(c->pump, NULL);
+    } else {
+      while (grpc_completion_queue_next(c->cq,
+                                        gpr_inf_future(GPR_CLOCK_MONOTONIC),
+                                        NULL).type != GRPC_QUEUE_SHUTDOWN) {
+      }
+    }
+    grpc_completion_queue_destroy(c->cq);
+    c->cq = NULL;
+  }
+  signal_lua(c); /* wake any waiter: it will find the client closed */
+}
+
+void ec_client_release(ec_client *c) {
+  ec_client_close(c);
+  client_unref(c);
+}
+
+int ec_client_closed(const ec_client *c) {
+  ec_client *m = (ec_client *)c;
+  pthread_mutex_lock(&m->mu);
+  int v = m->closed;
+  pthread_mutex_unlock(&m->mu);
+  return v;
+}
+
+long ec_client_pid(const ec_client *c) { return c->pid; }
+int ec_client_fd(const ec_client *c) { return c->efd; }
+size_t ec_client_nchannels(const ec_client *c) { return c->nchan; }
+const char *ec_client_target(const ec_client *c, size_t i) {
+  return i < c->nchan ? c->chans[i].target : NULL;
+}
+
+size_t ec_client_inflight(ec_client *c) {
+  pthread_mutex_lock(&c->mu);
+  size_t n = c->ninflight;
+  pthread_mutex_unlock(&c->mu);
+  return n;
+}
+
+int ec_client_wait(ec_client *c, int timeout_ms) {
+  struct pollfd p = {c->efd, POLLIN, 0};
+  int r;
+  do {
+    r = poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return -1;
+  if (r > 0) {
+    uint64_t v;
+    ssize_t n;
+    do {
+      n = read(c->efd, &v, sizeof v);
+    } while (n < 0 && errno == EINTR);
+  }
+  if (ec_client_closed(c)) return -1;
+  return r > 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* unary calls                                                              */
+
+static void call_unref(ec_call *k) {
+  if (atomic_fetch_sub(&k->refs, 1) != 1) return;
+  free(k->response);
+  free(k->message);
+  client_unref(k->client);
+  free(k);
+}
+
+/* Free what the batch used; the grpc_call itself is released by the caller. */
+static void batch_cleanup(ec_call *k) {
+  for (size_t i = 0; i < k->nsend_md; i++) {
+    grpc_slice_unref(k->send_md[i].key);
+    grpc_slice_unref(k->send_md[i].value);
+  }
+  free(k->send_md);
+  k->send_md = NULL;
+  k->nsend_md = 0;
+  if (k->send_buf) grpc_byte_buffer_destroy(k->send_buf);
+  k->send_buf = NULL;
+  grpc_metadata_array_destroy(&k->recv_md);
+  grpc_metadata_array_destroy(&k->trail_md);
+}
+
+static void unary_done(ec_tag *tag, int ok) {
+  ec_call *k = (ec_call *)tag;
+  ec_client *c = k->client;
+  (void)ok; /* the status below says everything; a failed batch keeps UNKNOWN */
+  if (k->recv_buf) {
+    grpc_byte_buffer_reader rd;
+    if (grpc_byte_buffer_reader_init(&rd, k->recv_buf)) {
+      grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
+      size_t n = GRPC_SLICE_LENGTH(s);
+      k->response = malloc(n ? n : 1);
+      if (k->response) {
+        memcpy(k->response, GRPC_SLICE_START_PTR(s), n);
+        k->response_len = n;
+      } else if (k->status == GRPC_STATUS_OK) {
+        k->status = GRPC_STATUS_RESOURCE_EXHAUSTED;
+      }
+      grpc_slice_unref(s);
+      grpc_byte_buffer_reader_destroy(&rd);
+    }
+    grpc_byte_buffer_destroy(k->recv_buf);
+    k->recv_buf = NULL;
+  }
+  k->message = dup_slice(k->details);
+  grpc_slice_unref(k->details);
+  if (k->error_string) gpr_free((void *)k->error_string);
+  k->error_string = NULL;
+  batch_cleanup(k);
+
+  pthread_mutex_lock(&c->mu);
+  if (k->prev) k->prev->next = k->next;
+  else c->inflight = k->next;
+  if (k->next) k->next->prev = k->prev;
+  c->ninflight--;
+  grpc_call *call = k->call;
+  k->call = NULL;
+  pthread_mutex_unlock(&c->mu);
+  grpc_call_unref(call);
+
+  atomic_store(&k->done, 1);
+  signal_lua(c);
+  call_unref(k); /* the pump's reference */
+}
+
+ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
+                        size_t reqlen, int64_t timeout_ms, int chan,
+                        const ec_metadata *md, size_t nmd, char *err,
+                        size_t errlen) {
+  ec_call *k = calloc(1, sizeof *k);
+  if (!k) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  k->tag.done = unary_done;
+  atomic_init(&k->refs, 2); /* the caller's and the pump's */
+  atomic_init(&k->done, 0);
+  k->status = GRPC_STATUS_UNKNOWN;
+  k->details = grpc_empty_slice();
+  grpc_metadata_array_init(&k->recv_md);
+  grpc_metadata_array_init(&k->trail_md);
+  atomic_fetch_add(&c->refs, 1);
+  k->client = c;
+  if (nmd) {
+    k->send_md = calloc(nmd, sizeof *k->send_md);
+    if (!k->send_md) goto fail_oom;
+    for (size_t i = 0; i < nmd; i++) {
+      k->send_md[i].key = grpc_slice_from_copied_string(md[i].key);
+      k->send_md[i].value =
+          grpc_slice_from_copied_buffer(md[i].value, md[i].value_len);
+    }
+    k->nsend_md = nmd;
+  }
+  grpc_slice body = grpc_slice_from_copied_buffer(req, reqlen);
+  k->send_buf = grpc_raw_byte_buffer_create(&body, 1);
+  grpc_slice_unref(body);
+
+  pthread_mutex_lock(&c->mu);
+  if (c->closed) {
+    pthread_mutex_unlock(&c->mu);
+    snprintf(err, errlen, "client closed");
+    goto fail;
+  }
+  size_t ci = (chan >= 0 && (size_t)chan < c->nchan) ? (size_t)chan
+                                                     : pick_channel(c);
+  k->chan = (int)ci;
+  grpc_slice method = grpc_slice_from_copied_string(path);
+  k->call = grpc_channel_create_call(c->chans[ci].channel, NULL,
+                                     GRPC_PROPAGATE_DEFAULTS, c->cq, method,
+                                     NULL, deadline_in(timeout_ms), NULL);
+  grpc_slice_unref(method);
+  if (!k->call) {
+    pthread_mutex_unlock(&c->mu);
+    snprintf(err, errlen, "cannot create a gRPC call");
+    goto fail;
+  }
+  grpc_op ops[6];
+  memset(ops, 0, sizeof ops);
+  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+  ops[0].data.send_initial_metadata.count = k->nsend_md;
+  ops[0].data.send_initial_metadata.metadata = k->send_md;
+  /* Like etcd's Go client: wait for a connection rather than fail fast. */
+  ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY |
+                 GRPC_INITIAL_METADATA_WAIT_FOR_READY_EXPLICITLY_SET;
+  ops[1].op = GRPC_OP_SEND_MESSAGE;
+  ops[1].data.send_message.send_message = k->send_buf;
+  ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+  ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+  ops[3].data.recv_initial_metadata.recv_initial_metadata = &k->recv_md;
+  ops[4].op = GRPC_OP_RECV_MESSAGE;
+  ops[4].data.recv_message.recv_message = &k->recv_buf;
+  ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+  ops[5].data.recv_status_on_client.trailing_metadata = &k->trail_md;
+  ops[5].data.recv_status_on_client.status = &k->status;
+  ops[5].data.recv_status_on_client.status_details = &k->details;
+  ops[5].data.recv_status_on_client.error_string = &k->error_string;
+  grpc_call_error e = grpc_call_start_batch(k->call, ops, 6, &k->tag, NULL);
+  if (e != GRPC_CALL_OK) {
+    grpc_call_unref(k->call);
+    k->call = NULL;
+    pthread_mutex_unlock(&c->mu);
+    snprintf(err, errlen, "cannot start a gRPC call (error %d)", (int)e);
+    goto fail;
+  }
+  k->next = c->inflight;
+  if (c->inflight) c->inflight->prev = k;
+  c->inflight = k;
+  c->ninflight++;
+  pthread_mutex_unlock(&c->mu);
+  return k;
+
+fail_oom:
+  snprintf(err, errlen, "out of memory");
+fail:
+  batch_cleanup(k);
+  grpc_slice_unref(k->details);
+  atomic_store(&k->refs, 1);
+  call_unref(k);
+  return NULL;
+}
+
+int ec_call_done(ec_call *k) { return atomic_load(&k->done); }
+
+void ec_call_cancel(ec_call *k) {
+  ec_client *c = k->client;
+  pthread_mutex_lock(&c->mu);
+  if (k->call && !atomic_load(&k->done)) {
+    if (k->end == EC_END_NORMAL) k->end = EC_END_CANCELLED;
+    grpc_call_cancel_with_status(k->call, GRPC_STATUS_CANCELLED, "cancelled",
+                                 NULL);
+  }
+  pthread_mutex_unlock(&c->mu);
+}
+
+int ec_call_status(const ec_call *k) { return (int)k->status; }
+int ec_call_end(const ec_call *k) { return k->end; }
+const char *ec_call_details(const ec_call *k) {
+  return k->message ? k->message : "";
+}
+const void *ec_call_response(const ec_call *k, size_t *len) {
+  *len = k->response_len;
+  return k->response;
+}
+int ec_call_channel(const ec_call *k) { return k->chan; }
+
+void ec_call_release(ec_call *k) {
+  /* A call dropped before it finished is cancelled: nobody wants the answer. */
+  if (!atomic_load(&k->done)) ec_call_cancel(k);
+  call_unref(k);
+}

@@ -1,0 +1,80 @@
+/*
+ * The gRPC engine of lua-etcd. It drives gRPC's C core and knows nothing of
+ * Lua: no file under src/engine/ includes lua.h.
+ *
+ * One ec_client owns one completion queue, one channel per endpoint and one
+ * pump thread that drains the queue. The pump thread completes operations and
+ * signals an eventfd; the Lua side waits on that fd (ec_client_wait) or hands it
+ * to an event loop, then reads the results. Nothing here ever calls into Lua.
+ */
+#ifndef ETCD_ENGINE_H
+#define ETCD_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ec_client ec_client;
+typedef struct ec_call ec_call;
+
+typedef struct ec_config {
+  const char *const *targets; /* gRPC target names, one channel each */
+  size_t ntargets;
+  int max_send_size; /* bytes; 0: engine default */
+  int max_recv_size; /* bytes; 0: engine default */
+} ec_config;
+
+typedef struct ec_metadata {
+  const char *key;   /* lower-case ASCII */
+  const char *value;
+  size_t value_len;
+} ec_metadata;
+
+/* Why a call ended, beyond its gRPC status. */
+enum { EC_END_NORMAL = 0, EC_END_CLOSED = 1, EC_END_CANCELLED = 2 };
+
+/* Initialise gRPC once per process. Returns 0, or -1 when gRPC was started by
+ * another process (we are a fork() child: gRPC cannot be used here). */
+int ec_global_init(void);
+/* The pid that initialised gRPC, 0 if none. */
+long ec_global_pid(void);
+
+ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen);
+/* Cancel every call, stop the pump thread, destroy the channels. Idempotent.
+ * Safe in a forked child (it then only marks the client closed). */
+void ec_client_close(ec_client *c);
+/* Drop the owner's reference (after close). */
+void ec_client_release(ec_client *c);
+int ec_client_closed(const ec_client *c);
+long ec_client_pid(const ec_client *c);
+int ec_client_fd(const ec_client *c);
+size_t ec_client_nchannels(const ec_client *c);
+const char *ec_client_target(const ec_client *c, size_t i);
+
+/* Start connecting every channel and watch them until `timeout_ms` from now;
+ * each state change signals the fd. */
+void ec_client_dial(ec_client *c, int64_t timeout_ms);
+/* 1 if some channel is READY. */
+int ec_client_ready(ec_client *c);
+/* Wait until the pump signals or timeout_ms passes (<0: no limit).
+ * Returns 1 signalled, 0 timed out, -1 closed or error. */
+int ec_client_wait(ec_client *c, int timeout_ms);
+/* Number of calls in flight (for specs and leak checks). */
+size_t ec_client_inflight(ec_client *c);
+
+/* Start a unary call. `chan` < 0 lets the client choose the channel.
+ * Returns NULL with err filled when the call cannot start. */
+ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
+                        size_t reqlen, int64_t timeout_ms, int chan,
+                        const ec_metadata *md, size_t nmd, char *err,
+                        size_t errlen);
+int ec_call_done(ec_call *k);
+void ec_call_cancel(ec_call *k);
+/* Results, valid once ec_call_done() is 1. */
+int ec_call_status(const ec_call *k); /* grpc_status_code */
+int ec_call_end(const ec_call *k);    /* EC_END_* */
+const char *ec_call_details(const ec_call *k);
+const void *ec_call_response(const ec_call *k, size_t *len);
+int ec_call_channel(const ec_call *k);
+void ec_call_release(ec_call *k);
+
+#endif
