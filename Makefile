@@ -35,10 +35,12 @@ OBJ       = $(patsubst src/%.c,$(OBJDIR)/%.o,$(SRC)) \
 HDRS      = $(wildcard src/*.h src/engine/*.h)
 
 BUSTED    = busted --lua=$(LUA)
-LUA_ENV   = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='$(OUTDIR)/?.so;;'
+LUA_ENV   = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='$(OUTDIR)/?.so;$(OUTDIR)/spec/?.so;;'
 ETCD_PROTO_DIR = $(BUILD)/etcd-upstream
 
 .PHONY: all deps test demo clean check-proto spec
+# Keep the generated sources between builds.
+.SECONDARY:
 
 all: $(MODULE)
 
@@ -68,7 +70,8 @@ $(OBJDIR)/gen/%.o: $(GEN)/%.c $(GEN_H)
 
 $(MODULE): $(OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $(OBJ) $(PKG_LIBS) -lpthread -lm
+	@echo "LD $@"
+	@$(CC) $(LDFLAGS_ALL) -o $@ $(OBJ) $(PKG_LIBS) -lpthread -lm
 	@bad=$$(nm -D --defined-only $@ | awk '$$2 ~ /^[TDBR]$$/ {print $$3}' | grep -v '^luaopen_etcd_core$$' || true); \
 	if [ -n "$$bad" ]; then echo "exported symbols besides luaopen_etcd_core: $$bad" >&2; rm -f $@; exit 1; fi
 
@@ -78,8 +81,13 @@ check-proto: deps
 	bash tools/fetch-etcd-proto.sh $(ETCD_PROTO_DIR)
 	$(LUA) tools/check-proto.lua $(ETCD_PROTO_DIR) proto
 
+TESTSUPPORT = $(OUTDIR)/spec/testsupport.so
+$(TESTSUPPORT): spec/support/testsupport.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -shared -o $@ $<
+
 # The whole suite; every spec starts its own etcd (spec/helpers.lua).
-spec: all
+spec: all $(TESTSUPPORT)
 	$(LUA_ENV) $(BUSTED) $(BUSTED_ARGS)
 
 test: deps

@@ -119,8 +119,11 @@ static int l_new(lua_State *L) {
   ec_config cfg = {targets, n, 0, 0};
   lua_getfield(L, 1, "max_send_size");
   lua_getfield(L, 1, "max_recv_size");
-  cfg.max_send_size = (int)luaL_optinteger(L, -2, 0);
-  cfg.max_recv_size = (int)luaL_optinteger(L, -1, 0);
+  lua_Integer ss = luaL_optinteger(L, -2, 0), rs = luaL_optinteger(L, -1, 0);
+  if (ss < 0 || ss > INT32_MAX || rs < 0 || rs > INT32_MAX)
+    return luaL_argerror(L, 1, "max_send_size/max_recv_size: 0 to 2^31-1 expected");
+  cfg.max_send_size = (int)ss;
+  cfg.max_recv_size = (int)rs;
   lua_pop(L, 2);
   lclient *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->c = NULL;

@@ -25,6 +25,11 @@ local checkers = {
     local i = math.tointeger(v)
     return i ~= nil and i >= 0
   end,
+  -- a message size limit gRPC can take (a C int)
+  size = function(v)
+    local i = math.tointeger(v)
+    return i ~= nil and i > 0 and i <= 0x7fffffff
+  end,
 }
 M.checkers = checkers
 
@@ -45,10 +50,12 @@ function M.value(v, kind, what, level)
   if not checkers[kind](v) then
     local got = typename(v)
     if kind == "seconds" and type(v) == "number" then got = tostring(v) end
-    error(("%s: %s expected, got %s"):format(what, kind == "seconds" and "non-negative number of seconds" or kind, got),
-      level + 1)
+    local want = kind == "seconds" and "non-negative number of seconds"
+      or kind == "size" and "size in bytes (1 to 2^31-1)" or kind
+    if (kind == "size" or kind == "non-negative integer") and type(v) == "number" then got = tostring(v) end
+    error(("%s: %s expected, got %s"):format(what, want, got), level + 1)
   end
-  if kind == "integer" or kind == "non-negative integer" then return math.tointeger(v) end
+  if kind == "integer" or kind == "non-negative integer" or kind == "size" then return math.tointeger(v) end
   return v
 end
 
@@ -75,7 +82,8 @@ end
 
 --- Check a positional argument.
 function M.arg(v, kind, n, name, fname, level)
-  return M.value(v, kind, ("%s: bad argument #%d (%s)"):format(fname, n, name), level + 1)
+  local out = M.value(v, kind, ("%s: bad argument #%d (%s)"):format(fname, n, name), level + 1)
+  return out -- not a tail call: `level` counts this frame
 end
 
 return M

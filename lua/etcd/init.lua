@@ -26,8 +26,7 @@ Client.__index = Client
 
 local NEW_OPTS = {
   endpoints = "table", dial_timeout = "seconds", timeout = "seconds",
-  namespace = "string", max_send_size = "non-negative integer",
-  max_recv_size = "non-negative integer",
+  namespace = "string", max_send_size = "size", max_recv_size = "size",
 }
 -- Options of DESIGN.md that later work adds; named here so that passing one
 -- says so instead of "unknown option".
@@ -65,6 +64,7 @@ function etcd.new(opts)
   local o = check.options(opts, NEW_OPTS, "etcd.new", 2)
   local eps = o.endpoints
   if not eps or #eps == 0 then check.fail("etcd.new: option 'endpoints' must list at least one endpoint", 2) end
+  if #eps > 64 then check.fail("etcd.new: option 'endpoints' lists more than 64 endpoints", 2) end
   local targets = {}
   for i = 1, #eps do targets[i] = target_of(eps[i], i) end
   for k in pairs(eps) do

@@ -1,0 +1,260 @@
+--- examples/tour.lua: etcd's Go client walk-through ("Go 结合 etcd"), in Lua.
+--
+-- Every section of the Go document appears here under the same heading. What
+-- lua-etcd does today runs against a real etcd and checks its own results, so a
+-- broken client makes this script fail (non-zero exit); what is not implemented
+-- yet says so in one line.
+--
+--   make demo                      starts a throw-away etcd and runs this file
+--   ETCD_ENDPOINTS=127.0.0.1:2379 \
+--   LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' lua5.4 examples/tour.lua
+--
+-- Endpoints: the global ETCD_ENDPOINTS (set by examples/run.lua), else the
+-- environment variable ETCD_ENDPOINTS, else "127.0.0.1:2379"; comma-separated.
+-- The tour writes the keys foo, key1 .. key6 and tour/..., and deletes them at
+-- the end. It never compacts, so it is safe against an etcd you care about.
+local etcd = require "etcd"
+
+local function endpoints()
+  local s = rawget(_G, "ETCD_ENDPOINTS") or os.getenv("ETCD_ENDPOINTS") or "127.0.0.1:2379"
+  local list = {}
+  for ep in s:gmatch("[^,%s]+") do list[#list + 1] = ep end
+  assert(#list > 0, "ETCD_ENDPOINTS lists no endpoint")
+  return list
+end
+
+local function section(title)
+  print()
+  print("== " .. title)
+end
+
+local function not_yet(what)
+  print(("(%s: not yet implemented)"):format(what))
+end
+
+-- A call's result, or an error that shows etcd's message and the error code.
+local function must(res, msg, code)
+  if res == nil then error(("etcd call failed: %s [%s]"):format(tostring(msg), tostring(code)), 2) end
+  return res
+end
+
+local function value_of(cli, key)
+  local kv = must(cli:get(key)).kvs[1]
+  return kv and kv.value
+end
+
+local EP = endpoints()
+
+-- ---------------------------------------------------------------------------
+section "1. connect"
+
+-- Go: clientv3.New(clientv3.Config{Endpoints: ..., DialTimeout: 3 * time.Second})
+-- `<close>` closes the client when this scope ends (Go: defer cli.Close()).
+local cli <close> = must(etcd.new { endpoints = EP, dial_timeout = 3 })
+print("connected to " .. table.concat(cli:endpoints(), ", "))
+
+-- A header carries etcd's uint64 ids as Lua integers (maybe negative): %x shows
+-- them the way etcdctl does.
+local h = must(cli:get("foo")).header
+print(("cluster %x, member %x, revision %d"):format(h.cluster_id, h.member_id, h.revision))
+
+do -- Go's connect(): New, then Close
+  local c = must(etcd.new { endpoints = EP, dial_timeout = 3 })
+  c:close()
+  c:close() -- closing twice is fine
+  local res, msg, code = c:get("foo")
+  assert(res == nil and code == "closed", "a closed client must say so")
+  print(("after close: %s [%s]"):format(msg, code))
+end
+
+section "1. connect with TLS and user/password"
+not_yet("TLS and user/password")
+
+-- ---------------------------------------------------------------------------
+section "2.1 put/get/delete"
+
+must(cli:put("foo", "1")) -- etcdctl put foo 1
+
+local res = must(cli:get("foo", { prefix = true })) -- etcdctl get foo --prefix
+for _, kv in ipairs(res.kvs) do
+  print(("get %s => %s"):format(kv.key, kv.value))
+end
+assert(res.kvs[1].key == "foo" and res.kvs[1].value == "1", "get foo --prefix must find foo => 1")
+
+local del = must(cli:delete("foo")) -- etcdctl del foo
+print(("deleted %d key(s)"):format(del.deleted))
+assert(del.deleted == 1)
+
+-- A missing key is not an error: kvs is empty.
+res = must(cli:get("foo"))
+assert(#res.kvs == 0 and res.count == 0)
+print("get foo after delete: no error, #kvs = 0")
+
+-- ---------------------------------------------------------------------------
+section "2.2 txn"
+
+must(cli:put("foo", "xyz"))
+
+local function txn_foo()
+  return must(cli:txn {
+    -- txn value comparisons are lexical
+    compare = { etcd.compare.value("foo", ">", "abc") },
+    success = { etcd.op.put("foo", "XYZ"), etcd.op.get("foo") },
+    failure = { etcd.op.put("foo", "ABC") },
+  })
+end
+
+-- "xyz" > "abc": the success branch runs
+local t = txn_foo()
+print(("succeeded = %s, foo => %s"):format(t.succeeded, value_of(cli, "foo")))
+assert(t.succeeded == true and value_of(cli, "foo") == "XYZ")
+-- each response is shaped like the matching method's result
+print(("responses[2] (the get inside the txn): foo => %s"):format(t.responses[2].kvs[1].value))
+assert(#t.responses == 2 and t.responses[2].kvs[1].value == "XYZ")
+
+-- now "XYZ" > "abc" is false (upper case sorts first): the failure branch runs
+t = txn_foo()
+print(("succeeded = %s, foo => %s"):format(t.succeeded, value_of(cli, "foo")))
+assert(t.succeeded == false and value_of(cli, "foo") == "ABC")
+
+-- ---------------------------------------------------------------------------
+section "2.3 batch (Do)"
+
+local ops = {
+  etcd.op.put("key1", "123"),
+  etcd.op.get("key1"),
+  etcd.op.put("key2", "456"),
+}
+
+-- Go: for _, op := range ops { cli.Do(ctx, op) }
+for _, op in ipairs(ops) do
+  local r = must(cli:exec(op))
+  print(("exec %s -> revision %d"):format(tostring(op), r.header.revision))
+end
+assert(must(cli:exec(ops[2])).kvs[1].value == "123")
+
+-- the same, in one call: results in order
+local results = must(cli:batch(ops))
+assert(#results == 3 and results[2].kvs[1].value == "123")
+print(("batch: %d results, key1 => %s"):format(#results, results[2].kvs[1].value))
+
+-- atomic: one txn, so every op sees the same revision
+results = must(cli:batch(ops, { atomic = true }))
+assert(#results == 3 and results[2].kvs[1].value == "123")
+assert(results[1].header.revision == results[3].header.revision)
+print(("atomic batch: %d results, all at revision %d"):format(#results, results[1].header.revision))
+
+-- A failing op stops a batch: the ops before it were applied, later ones not
+-- sent. The lease below does not exist.
+local NO_LEASE = 0x7e7e7e7e7e7e
+local r, msg, code, done = cli:batch {
+  etcd.op.put("key3", "789"),
+  etcd.op.put("key4", "x", { lease = NO_LEASE }),
+  etcd.op.put("key5", "never"),
+}
+assert(r == nil and code == "lease_not_found" and #done == 1)
+assert(value_of(cli, "key3") == "789" and value_of(cli, "key5") == nil)
+print(("batch stopped at op 2: %s [%s]; %d op applied before it"):format(msg, code, #done))
+
+-- An atomic batch applies all or nothing.
+r, msg, code = cli:batch({
+  etcd.op.put("key6", "never"),
+  etcd.op.put("key4", "x", { lease = NO_LEASE }),
+}, { atomic = true })
+assert(r == nil and code == "lease_not_found" and value_of(cli, "key6") == nil)
+print(("atomic batch failed as a whole: %s [%s]; key6 not written"):format(msg, code))
+
+-- ---------------------------------------------------------------------------
+section "2.4 watch"
+not_yet("watch")
+
+section "2.4 watch with progress notify"
+not_yet("watch with progress notify")
+
+-- ---------------------------------------------------------------------------
+section "3.1 lease: grant"
+not_yet("lease grant")
+
+section "3.2 lease: revoke"
+not_yet("lease revoke")
+
+section "3.3 lease: keep-alive and keep-alive once"
+not_yet("lease keep-alive")
+
+section "3.4 lease: leases and time-to-live"
+not_yet("lease list and time-to-live")
+
+-- ---------------------------------------------------------------------------
+section "4. auth"
+not_yet("auth administration")
+
+section "5. cluster"
+not_yet("cluster member list")
+
+section "6.1 concurrency: lock and try-lock"
+not_yet("mutex lock and try-lock")
+
+section "6.2 concurrency: election"
+not_yet("election")
+
+section "6.3 concurrency: STM"
+not_yet("STM")
+
+-- ---------------------------------------------------------------------------
+section "7. beyond the Go walk-through: namespace, timeouts, errors, binary keys"
+
+-- namespace: a prefix added to every key sent and removed from every key returned
+do
+  local app <close> = must(etcd.new { endpoints = EP, namespace = "tour/app/" })
+  must(app:put("color", "blue"))
+  local all = must(app:get("", { prefix = true })) -- every key of the namespace
+  assert(#all.kvs == 1 and all.kvs[1].key == "color" and all.kvs[1].value == "blue")
+  assert(value_of(cli, "tour/app/color") == "blue")
+  print('namespace "tour/app/": app sees "color", a plain client sees "tour/app/color"')
+end
+
+-- timeouts: the client's default (10 s) or per call
+must(cli:get("key1", { timeout = 2 }))
+print("get with { timeout = 2 }: ok")
+do
+  -- dial_timeout = 0: do not wait for a connection in etcd.new; the call then
+  -- waits for one until its deadline.
+  local lost <close> = must(etcd.new { endpoints = { "127.0.0.1:1" }, dial_timeout = 0, timeout = 0.5 })
+  local res2, msg2, code2 = lost:get("foo")
+  assert(res2 == nil and code2 == "timeout")
+  print(("unreachable endpoint, timeout 0.5 s: %s [%s]"):format(msg2, code2))
+
+  local none, msg3, code3 = etcd.new { endpoints = { "127.0.0.1:1" }, dial_timeout = 0.5 }
+  assert(none == nil and code3 == "UNAVAILABLE")
+  print(("etcd.new with dial_timeout 0.5 s: %s [%s]"):format(msg3, code3))
+end
+
+-- errors: misuse raises, naming the option; run-time failures return nil, msg, code
+do
+  local ok, err = pcall(cli.get, cli, "foo", { prefx = true })
+  assert(not ok and err:find("unknown option 'prefx'", 1, true))
+  print("misuse raises: " .. err)
+
+  local now = must(cli:get("key1")).header.revision
+  local res2, msg2, code2 = cli:get("key1", { revision = now + 1000 })
+  assert(res2 == nil and code2 == "future_revision")
+  print(("a revision ahead of the store: %s [%s]"):format(msg2, code2))
+end
+
+-- keys and values are binary-safe
+do
+  local key, val = "tour/bin/\0\255", "\0\1\2\255"
+  must(cli:put(key, val))
+  local got = must(cli:get("tour/bin/", { prefix = true })).kvs[1]
+  assert(got.key == key and got.value == val)
+  print(("binary key of %d bytes and value of %d bytes round-trip"):format(#got.key, #got.value))
+end
+
+-- ---------------------------------------------------------------------------
+section "clean up"
+local removed = 0
+for _, k in ipairs { "foo", "key1", "key2", "key3", "key4", "key5", "key6" } do
+  removed = removed + must(cli:delete(k)).deleted
+end
+removed = removed + must(cli:delete("tour/", { prefix = true })).deleted
+print(("deleted %d key(s); tour done"):format(removed))

@@ -1,0 +1,167 @@
+-- The table <-> message conversion on its own: what arrives from the wire is
+-- untrusted, so hostile bytes must give an error, never a crash. (Everything
+-- that talks to etcd is in the other specs, against a real server.)
+local core = require "etcd.core"
+
+local function varint(n)
+  local out = {}
+  repeat
+    local b = n % 128
+    n = n // 128
+    out[#out + 1] = string.char(n > 0 and b + 128 or b)
+  until n == 0
+  return table.concat(out)
+end
+
+local function field(num, payload) -- a length-delimited field
+  return string.char(num * 8 + 2) .. varint(#payload) .. payload
+end
+
+-- A TxnResponse whose responses nest `depth` transactions deep.
+local function nested_txn_response(depth)
+  local inner = ""
+  for _ = 1, depth do
+    inner = field(3, field(4, inner)) -- TxnResponse.responses -> ResponseOp.response_txn
+  end
+  return inner
+end
+
+describe("decoding responses", function()
+  it("round-trips a message, with snake_case names and every default", function()
+    local bytes = core._pack("RangeResponse", {
+      header = { revision = 7, cluster_id = -1, member_id = 3, raft_term = 2 },
+      kvs = { { key = "a\0\255", value = "", mod_revision = 7, create_revision = 5, version = 2 } },
+      count = 1,
+    })
+    local r = assert(core._unpack("RangeResponse", bytes))
+    assert.equal(7, r.header.revision)
+    assert.equal(-1, r.header.cluster_id) -- uint64 above 2^63 arrives negative, exact
+    assert.equal("a\0\255", r.kvs[1].key)
+    assert.equal("", r.kvs[1].value)
+    assert.equal(0, r.kvs[1].lease)
+    assert.equal(false, r.more)
+    assert.equal(1, r.count)
+  end)
+
+  it("maps etcd's field names to snake_case", function()
+    local r = assert(core._unpack("LeaseTimeToLiveResponse",
+      core._pack("LeaseTimeToLiveResponse", { ID = 5, TTL = 3, grantedTTL = 10, keys = { "k" } })))
+    assert.same({ id = 5, ttl = 3, granted_ttl = 10, keys = { "k" } }, r)
+    local m = assert(core._unpack("MemberListResponse",
+      core._pack("MemberListResponse", { members = { { ID = 1, name = "n", peerURLs = { "http://x" }, isLearner = true } } })))
+    assert.same({ id = 1, name = "n", peer_urls = { "http://x" }, client_urls = {}, is_learner = true }, m.members[1])
+  end)
+
+  it("gives enum values by name", function()
+    local r = assert(core._unpack("AuthRoleGetResponse",
+      core._pack("AuthRoleGetResponse", { perm = { { permType = "READWRITE", key = "a" } } })))
+    assert.equal("READWRITE", r.perm[1].perm_type)
+  end)
+
+  it("decodes nested transactions within the depth limit", function()
+    local r = assert(core._unpack("TxnResponse", nested_txn_response(30)))
+    local d = 0
+    while r.responses[1] do
+      r = r.responses[1].response_txn
+      d = d + 1
+    end
+    assert.equal(30, d)
+  end)
+
+  it("refuses a response nested deeper than the limit instead of crashing", function()
+    local res, msg = core._unpack("TxnResponse", nested_txn_response(65))
+    assert.is_nil(res)
+    assert.matches("nested deeper than 64 levels", msg)
+  end)
+
+  it("refuses a few MB of nesting (protobuf-c alone would overflow the stack)", function()
+    -- Headers only, outermost first: level i wraps everything inside it.
+    local depth = 400000
+    local lens, ops, len = {}, {}, 0
+    for i = 1, depth do
+      local op = 1 + #varint(len) + len -- ResponseOp{ response_txn = <len> }
+      len = 1 + #varint(op) + op        -- TxnResponse{ responses = { <op> } }
+      lens[i], ops[i] = len, op
+    end
+    local parts = {}
+    for i = depth, 1, -1 do
+      local inner = i > 1 and lens[i - 1] or 0
+      parts[#parts + 1] = "\26" .. varint(ops[i]) .. "\34" .. varint(inner)
+    end
+    local bytes = table.concat(parts)
+    assert.is_true(#bytes > 2 * 1024 * 1024)
+    local res, msg = core._unpack("TxnResponse", bytes)
+    assert.is_nil(res)
+    assert.matches("nested deeper than 64 levels", msg)
+  end)
+
+  it("refuses malformed bytes", function()
+    for _, bad in ipairs {
+      "\255",                     -- truncated varint
+      "\10\200",                  -- length runs past the end
+      "\10\5ab",                  -- length runs past the end
+      "\11",                      -- group start: not used by etcd
+      "\15",                      -- wire type 7 does not exist
+      string.rep("\255", 11),     -- varint longer than 64 bits
+      "\0\1",                     -- field number 0
+    } do
+      local res, msg = core._unpack("RangeResponse", bad)
+      assert.is_nil(res)
+      assert.matches("malformed", msg)
+    end
+  end)
+
+  it("survives random bytes", function()
+    math.randomseed(42)
+    for _ = 1, 3000 do
+      local n = math.random(0, 64)
+      local t = {}
+      for i = 1, n do t[i] = string.char(math.random(0, 255)) end
+      local s = table.concat(t)
+      for _, name in ipairs { "RangeResponse", "TxnResponse", "MemberListResponse", "AuthRoleGetResponse" } do
+        local res, msg = core._unpack(name, s)
+        assert.is_true(type(res) == "table" or type(msg) == "string")
+      end
+    end
+  end)
+end)
+
+describe("encoding requests", function()
+  it("raises on a field the message does not have", function()
+    assert.has_error(function() core._pack("RangeRequest", { key = "a", prefx = true }) end,
+      "etcd.core: etcdserverpb.RangeRequest has no field 'prefx'")
+  end)
+
+  it("raises on a wrong type, naming the field", function()
+    assert.has_error(function() core._pack("RangeRequest", { key = 1 }) end,
+      "etcd.core: field 'key' of etcdserverpb.RangeRequest: string expected, got number")
+    assert.has_error(function() core._pack("RangeRequest", { limit = 1.5 }) end,
+      "etcd.core: field 'limit' of etcdserverpb.RangeRequest: integer expected, got number")
+    assert.has_error(function() core._pack("RangeRequest", { sort_order = "SIDEWAYS" }) end)
+  end)
+
+  it("refuses two members of one oneof", function()
+    assert.has_error(function()
+      core._pack("RequestOp", { request_range = { key = "a" }, request_put = { key = "a" } })
+    end)
+  end)
+
+  it("raises on a request nested deeper than the limit", function()
+    local t = {}
+    local top = t
+    for _ = 1, 40 do
+      local inner = {}
+      t.success = { { request_txn = inner } }
+      t = inner
+    end
+    local ok, err = pcall(core._pack, "TxnRequest", top)
+    assert.is_false(ok)
+    assert.matches("nested deeper than 64 levels", err)
+  end)
+
+  it("raises on a table that contains itself instead of recursing forever", function()
+    local t = { success = {} }
+    t.success[1] = { request_txn = t }
+    assert.has_error(function() core._pack("TxnRequest", t) end)
+  end)
+end)

@@ -1,0 +1,673 @@
+-- spec/helpers.lua: run REAL etcd servers for the specs (never mocks).
+--
+-- Plain Lua 5.4 only (io.popen, os.execute, /proc): no luasocket, no luaposix.
+--
+--   local helpers = require "helpers"
+--   local srv
+--   setup(function() srv = helpers.start_etcd() end)
+--   teardown(function() if srv then srv:stop() end end)
+--
+-- Every etcd is launched next to a small `sh` guardian that watches this Lua
+-- process (pid + start time from /proc/self/stat): if Lua dies, crashes or is
+-- killed, the guardian SIGTERMs (then SIGKILLs) etcd and removes its temp dir
+-- within about a second. Ports are picked at random among the free loopback
+-- ports below the kernel's ephemeral range; a start that loses a port race is
+-- retried with new ports.
+--
+-- helpers.start_etcd(opts) / helpers.start_cluster(n, opts), opts (all optional):
+--   args = {"--max-request-bytes=...", ...}  extra etcd flags (appended, so they
+--                                            override the defaults below)
+--   env = {NAME = "value"}                   extra environment (GOMAXPROCS=2 is set)
+--   heartbeat_interval = 50, election_timeout = 500 (ms),
+--   progress_notify_interval = "1s", name (a single server's name, default
+--   "member1"; for a cluster the prefix of name1..nameN), keep_data = false (default for stop), timeout = 30 (s to
+--   become healthy), attempts = 4 (port-race retries)
+--
+-- Server object (one member):
+--   srv.name, srv.endpoint ("127.0.0.1:P"), srv.endpoints ({srv.endpoint}),
+--   srv.client_url, srv.peer_url, srv.client_port, srv.peer_port,
+--   srv.dir (temp dir: data/, etcd.log, etcd.pid), srv.data_dir, srv.log_file,
+--   srv.pid (etcd's own pid, updated by restart)
+--   srv:stop{keep_data=bool}  SIGTERM, ~5 s grace, SIGKILL; removes srv.dir
+--                             unless keep_data; idempotent
+--   srv:kill()                SIGKILL, keeps the data dir (fault tests)
+--   srv:pause() / srv:resume() SIGSTOP / SIGCONT
+--   srv:restart{wait=bool}    stop (if running, keeping data) and start again on
+--                             the same dir and ports; waits healthy unless wait=false
+--   srv:wait_healthy(timeout) srv:is_running()  srv:log_tail(n)
+-- Cluster object (helpers.start_cluster(n)):
+--   c.members[i] (server objects), c.endpoints, c.endpoint, c.token,
+--   c:stop{keep_data=bool}, c:kill(), c:restart(), c:wait_healthy(timeout),
+--   c:leader_index() (nil unless the running members agree on a running
+--   leader), c:wait_leader(timeout) -> index, c:log_tail(n)
+-- Free functions:
+--   helpers.etcdctl(target, [opts,] args...) -> ok, stdout, stderr
+--     target: server, cluster, "h:p[,h:p]" or {"h:p", ...};
+--     opts: {stdin = "...", dial_timeout = "2s", command_timeout = "5s"}
+--   helpers.tmpdir() -> path (removed by stop_all / when Lua dies)
+--   helpers.sleep(seconds), helpers.now() (wall clock, 10 ms), helpers.stop_all(),
+--   helpers.pick_ports(n), helpers.proc_running(pid[, comm]), helpers.lua_pid
+
+local M = {}
+
+local ETCD = os.getenv("LUA_ETCD_SPEC_ETCD") or "etcd"
+local ETCDCTL = os.getenv("LUA_ETCD_SPEC_ETCDCTL") or "etcdctl"
+local SHM = "/dev/shm"
+
+M.start_timeout = 30      -- seconds to wait for health
+M.stop_grace = 5          -- seconds between SIGTERM and SIGKILL
+M.start_attempts = 4      -- port-race retries
+
+---------------------------------------------------------------------------
+-- small utilities
+
+local function q(s)
+  return "'" .. (tostring(s):gsub("'", "'\\''")) .. "'"
+end
+M.shell_quote = q
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_file(path, data, mode)
+  local f = assert(io.open(path, mode or "wb"))
+  f:write(data)
+  f:close()
+end
+
+-- Run a shell command, return ok, stdout.
+local function run(cmd)
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("a")
+  local ok = p:close()
+  return ok == true, out
+end
+
+function M.sleep(seconds)
+  os.execute(string.format("sleep %.3f", seconds))
+end
+
+-- Wall clock with sub-second resolution (os.clock is CPU time).
+local function now()
+  local s = read_file("/proc/uptime")
+  local t = s and tonumber(s:match("^(%S+)"))
+  return t or os.time()
+end
+M.now = now
+
+local function urandom_int(nbytes)
+  local f = io.open("/dev/urandom", "rb")
+  local n = 0
+  if f then
+    local s = f:read(nbytes)
+    f:close()
+    for i = 1, #s do n = n * 256 + s:byte(i) end
+  else
+    n = math.random(0, 2 ^ (8 * nbytes) - 1)
+  end
+  return n
+end
+
+-- /proc/<pid>/stat -> state letter, start time (field 22), comm
+local function proc_stat(pid)
+  local s = read_file("/proc/" .. tostring(pid) .. "/stat")
+  if not s then return nil end
+  local comm, rest = s:match("^%d+ %((.*)%) (.*)$")
+  if not rest then return nil end
+  local fields = {}
+  for w in rest:gmatch("%S+") do fields[#fields + 1] = w end
+  -- rest starts at field 3 (state); field 22 is starttime
+  return fields[1], fields[20], comm
+end
+
+-- Is pid a live (not zombie) process, optionally with the given comm?
+-- comm "etcd" also accepts "env": right after the launch, `env` may not have
+-- exec'd etcd yet (same pid).
+local function proc_running(pid, comm)
+  if not pid then return false end
+  local state, _, c = proc_stat(pid)
+  if not state or state == "Z" or state == "X" then return false end
+  if comm and c ~= comm and not (comm == "etcd" and c == "env") then return false end
+  return true
+end
+M.proc_running = proc_running
+
+local SELF_PID, SELF_START
+do
+  local s = assert(read_file("/proc/self/stat"), "cannot read /proc/self/stat")
+  SELF_PID = tonumber(s:match("^(%d+)"))
+  local _, st = proc_stat(SELF_PID)
+  SELF_START = st
+end
+M.lua_pid = SELF_PID
+
+local counter = 0
+local function unique(prefix)
+  counter = counter + 1
+  return string.format("%s-%d-%d-%08x", prefix, SELF_PID, counter, urandom_int(4))
+end
+
+---------------------------------------------------------------------------
+-- guardian: a sh loop that outlives nothing but this Lua process
+
+-- Removes `dir` (after killing the etcd whose pid is in dir/etcd.pid, if any)
+-- once this Lua process is gone; exits by itself once `dir` is gone.
+local GUARD = [[
+L=$1; ST=$2; B=$3
+alive() {
+  s=; { read -r s < /proc/$1/stat; } 2>/dev/null
+  s=${s##*) }; set -- $s
+  case "$1" in ""|Z|X) return 1;; esac
+  [ -z "$2" ] || [ "${20}" = "$2" ]
+}
+lua_alive() { s=; { read -r s < /proc/$L/stat; } 2>/dev/null; s=${s##*) }; set -- $s
+  case "$1" in ""|Z|X) return 1;; esac; [ "${20}" = "$ST" ]; }
+while [ -d "$B" ] && lua_alive; do sleep 1; done
+[ -d "$B" ] || exit 0
+P=; { read -r P < "$B/etcd.pid"; } 2>/dev/null
+c=; { read -r c < /proc/$P/comm; } 2>/dev/null
+if [ -n "$P" ] && { [ "$c" = etcd ] || [ "$c" = env ]; }; then
+  kill -TERM $P 2>/dev/null; kill -CONT $P 2>/dev/null
+  i=0; while [ $i -lt 20 ] && alive $P; do sleep 0.25; i=$((i+1)); done
+  alive $P && kill -KILL $P 2>/dev/null
+fi
+rm -rf "$B"
+]]
+
+-- Start a guardian for dir; returns its pid.
+local function start_guardian(dir)
+  local cmd = string.format("sh -c %s lua-etcd-spec-guard %d %s %s >/dev/null 2>&1 </dev/null & echo $!",
+    q(GUARD), SELF_PID, q(SELF_START or ""), q(dir))
+  local _, out = run(cmd)
+  return tonumber(out:match("%d+"))
+end
+
+local function kill_guardian(pid)
+  if pid and proc_running(pid, "sh") then
+    os.execute("kill -TERM " .. pid .. " 2>/dev/null")
+  end
+end
+
+---------------------------------------------------------------------------
+-- temp dirs
+
+local registry = {}   -- running servers / clusters, keyed by object
+local tmpdirs = {}    -- helpers.tmpdir() results: path -> guardian pid
+
+local function mktemp()
+  local ok, out = run("mktemp -d " .. SHM .. "/lua-etcd-spec.XXXXXX")
+  local dir = ok and out:match("^%s*(.-)%s*$")
+  if not dir or dir == "" then error("mktemp -d under " .. SHM .. " failed") end
+  return dir
+end
+
+local function rm_rf(dir)
+  -- only ever our own temp dirs
+  assert(dir:match("^" .. SHM .. "/lua%-etcd%-spec%.[%w]+$"), "refusing to remove " .. dir)
+  os.execute("rm -rf " .. q(dir))
+end
+
+function M.tmpdir()
+  local dir = mktemp()
+  tmpdirs[dir] = start_guardian(dir)
+  return dir
+end
+
+---------------------------------------------------------------------------
+-- ports
+
+local function ephemeral_low()
+  local s = read_file("/proc/sys/net/ipv4/ip_local_port_range")
+  return s and tonumber(s:match("^%s*(%d+)")) or 32768
+end
+
+-- Every local port in /proc/net/tcp{,6} (any state), plus inode of listeners.
+local function net_table()
+  local used, listeners = {}, {}
+  for _, f in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
+    local s = read_file(f) or ""
+    for line in s:gmatch("[^\n]+") do
+      local lport, st, inode = line:match(
+        "^%s*%d+:%s+%x+:(%x+)%s+%x+:%x+%s+(%x+)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)")
+      if lport then
+        local p = tonumber(lport, 16)
+        used[p] = true
+        if st == "0A" then
+          listeners[#listeners + 1] = { port = p, inode = inode }
+        end
+      end
+    end
+  end
+  return used, listeners
+end
+
+local handed_out = {}   -- ports this process already gave to a server
+
+-- n distinct free ports, random in [20000, min(45000, ephemeral_low - 1)].
+function M.pick_ports(n)
+  local lo, hi = 20000, math.min(45000, ephemeral_low() - 1)
+  if hi - lo < 1000 then lo, hi = 20000, 45000 end
+  local used = net_table()
+  local picked, seen = {}, {}
+  local tries = 0
+  while #picked < n do
+    tries = tries + 1
+    if tries > 10000 then error("pick_ports: no free port found") end
+    local p = lo + urandom_int(4) % (hi - lo + 1)
+    if not used[p] and not seen[p] and not handed_out[p] then
+      seen[p] = true
+      picked[#picked + 1] = p
+    end
+  end
+  for _, p in ipairs(picked) do handed_out[p] = true end
+  return picked
+end
+
+-- Does pid own a LISTEN socket on port?
+local function owns_listener(pid, port)
+  local ok, out = run("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
+  if not ok then return false end
+  local inodes = {}
+  for inode in out:gmatch("socket:%[(%d+)%]") do inodes[inode] = true end
+  local _, listeners = net_table()
+  for _, l in ipairs(listeners) do
+    if l.port == port and inodes[l.inode] then return true end
+  end
+  return false
+end
+
+---------------------------------------------------------------------------
+-- etcdctl
+
+local function endpoints_of(target)
+  if type(target) == "string" then return target end
+  if type(target) == "table" then
+    if target.endpoints then return table.concat(target.endpoints, ",") end
+    if target[1] then return table.concat(target, ",") end
+  end
+  error("etcdctl: target must be a server, a cluster, a string or a list of endpoints", 3)
+end
+
+-- helpers.etcdctl(target, [opts,] args...) -> ok, stdout, stderr
+function M.etcdctl(target, ...)
+  local args = table.pack(...)
+  local opts, first = {}, 1
+  if type(args[1]) == "table" then opts, first = args[1], 2 end
+  local parts = {
+    "ETCDCTL_API=3", ETCDCTL,
+    "--endpoints=" .. q(endpoints_of(target)),
+    "--dial-timeout=" .. (opts.dial_timeout or "2s"),
+    "--command-timeout=" .. (opts.command_timeout or "5s"),
+  }
+  for i = first, args.n do parts[#parts + 1] = q(args[i]) end
+  local errf = os.tmpname()
+  local inf
+  if opts.stdin then
+    inf = os.tmpname()
+    write_file(inf, opts.stdin)
+    parts[#parts + 1] = "<" .. q(inf)
+  else
+    parts[#parts + 1] = "</dev/null"
+  end
+  parts[#parts + 1] = "2>" .. q(errf)
+  local ok, out = run(table.concat(parts, " "))
+  local err = read_file(errf) or ""
+  os.remove(errf)
+  if inf then os.remove(inf) end
+  return ok, out, err
+end
+
+---------------------------------------------------------------------------
+-- servers
+
+local Server = {}
+Server.__index = Server
+
+local function tail(s, n)
+  local lines = {}
+  for line in (s or ""):gmatch("[^\n]*\n?") do
+    if line ~= "" then lines[#lines + 1] = line end
+  end
+  local from = math.max(1, #lines - n + 1)
+  return table.concat(lines, "", from)
+end
+
+function Server:log_tail(n)
+  return tail(read_file(self.log_file), n or 40)
+end
+
+function Server:__tostring()
+  return string.format("etcd %s %s (pid %s, dir %s)", self.name, self.client_url,
+    tostring(self.pid), self.dir)
+end
+
+function Server:is_running()
+  return proc_running(self.pid, "etcd")
+end
+
+-- Start the etcd process (does not wait).
+function Server:_spawn(state)
+  local a = {
+    "--name", self.name,
+    "--data-dir", self.data_dir,
+    "--listen-client-urls", self.client_url,
+    "--advertise-client-urls", self.client_url,
+    "--listen-peer-urls", self.peer_url,
+    "--initial-advertise-peer-urls", self.peer_url,
+    "--initial-cluster", self.initial_cluster,
+    "--initial-cluster-state", state,
+    "--initial-cluster-token", self.token,
+    "--heartbeat-interval", tostring(self.opts.heartbeat_interval or 50),
+    "--election-timeout", tostring(self.opts.election_timeout or 500),
+    "--experimental-watch-progress-notify-interval=" .. (self.opts.progress_notify_interval or "1s"),
+    "--logger=zap", "--log-outputs=stderr",
+  }
+  for _, x in ipairs(self.opts.args or {}) do a[#a + 1] = x end
+  local env = { "GOMAXPROCS=" .. (self.opts.gomaxprocs or 2) }
+  for k, v in pairs(self.opts.env or {}) do env[#env + 1] = k .. "=" .. v end
+  local qa, qe = {}, {}
+  for i, x in ipairs(a) do qa[i] = q(x) end
+  for i, x in ipairs(env) do qe[i] = q(x) end
+  -- one log per server dir; restarts append to it
+  write_file(self.log_file, string.format("=== %s: %s %s\n", state, ETCD, table.concat(a, " ")), "ab")
+  -- env execs etcd, so $! is etcd's own pid; sh writes the pid file itself so
+  -- the guardian can find etcd even if Lua dies right here.
+  local cmd = string.format(
+    "cd / && env %s %s %s >>%s 2>&1 </dev/null & echo $! >%s; echo $!",
+    table.concat(qe, " "), q(ETCD), table.concat(qa, " "),
+    q(self.log_file), q(self.pid_file))
+  local _, out = run(cmd)
+  self.pid = tonumber(out:match("%d+"))
+  if not self.pid then error("could not start etcd: " .. out) end
+  if not proc_running(self.guard_pid, "sh") then
+    self.guard_pid = start_guardian(self.dir)
+  end
+  self.stopped = false
+  registry[self] = true
+end
+
+local function signal(pid, sig)
+  os.execute(string.format("kill -%s %d 2>/dev/null", sig, pid))
+end
+
+-- Signal etcd and wait until it is gone; SIGKILL after `grace` seconds.
+function Server:_terminate(sig, grace)
+  local pid = self.pid
+  if not pid or not self:is_running() then return end
+  signal(pid, sig)
+  signal(pid, "CONT")
+  local deadline = now() + grace
+  while proc_running(pid, "etcd") and now() < deadline do M.sleep(0.05) end
+  if proc_running(pid, "etcd") then
+    signal(pid, "KILL")
+    deadline = now() + 5
+    while proc_running(pid, "etcd") and now() < deadline do M.sleep(0.05) end
+  end
+end
+
+function Server:stop(opts)
+  opts = opts or {}
+  self:_terminate("TERM", opts.grace or M.stop_grace)
+  self.stopped = true
+  local keep = opts.keep_data
+  if keep == nil then keep = self.opts.keep_data end
+  if not keep then
+    kill_guardian(self.guard_pid)
+    self.guard_pid = nil
+    rm_rf(self.dir)
+    registry[self] = nil
+  end
+  -- keep_data: the dir stays (and the server stays registered) until a later
+  -- stop() / helpers.stop_all() / the end of this Lua process.
+  return self
+end
+
+function Server:kill()
+  self:_terminate("KILL", 5)
+  return self
+end
+
+function Server:pause() if self:is_running() then signal(self.pid, "STOP") end; return self end
+function Server:resume() if self.pid then signal(self.pid, "CONT") end; return self end
+
+local function check_member(m)
+  if not proc_running(m.pid, "etcd") then
+    local log = read_file(m.log_file) or ""
+    local conflict = log:find("address already in use", 1, true) ~= nil
+    return false, string.format("etcd %s (pid %s) exited during start-up%s; log tail:\n%s",
+      m.name, tostring(m.pid), conflict and " (port already in use)" or "",
+      tail(log, 30)), conflict
+  end
+  return true
+end
+
+-- Wait until every member listens on its own two ports (checked through
+-- /proc, so a foreign server on a port we lost cannot fool us) and then
+-- answers `etcdctl endpoint health`.
+-- Returns true, or false, message, port_conflict.
+local function wait_healthy(members, timeout)
+  timeout = timeout or M.start_timeout
+  local deadline = now() + timeout
+  local eps = {}
+  for i, m in ipairs(members) do eps[i] = m.endpoint end
+  local listening = {}
+  local last = "(no health check yet: not listening on its ports)"
+  while true do
+    local all = true
+    for _, m in ipairs(members) do
+      local ok, msg, conflict = check_member(m)
+      if not ok then return false, msg, conflict end
+      if not listening[m] then
+        listening[m] = owns_listener(m.pid, m.client_port) and owns_listener(m.pid, m.peer_port)
+        all = all and listening[m]
+      end
+    end
+    if all then
+      local ok, out, err = M.etcdctl(eps, { dial_timeout = "1s", command_timeout = "2s" },
+        "endpoint", "health")
+      last = out .. err
+      if ok then return true end
+    end
+    if now() > deadline then
+      local msgs = { string.format("etcd not healthy after %s s; last health check:\n%s",
+        tostring(timeout), last) }
+      for _, m in ipairs(members) do
+        msgs[#msgs + 1] = string.format("--- %s (pid %s) log tail:\n%s", m.name,
+          tostring(m.pid), m:log_tail(30))
+      end
+      return false, table.concat(msgs, "\n"), false
+    end
+    M.sleep(0.05)
+  end
+end
+
+function Server:wait_healthy(timeout)
+  local ok, msg = wait_healthy({ self }, timeout)
+  if not ok then error(msg, 2) end
+  return self
+end
+
+function Server:restart(opts)
+  opts = opts or {}
+  self:_terminate("TERM", opts.grace or M.stop_grace)
+  if not os.rename(self.dir, self.dir) then
+    error("restart: " .. self.dir .. " is gone (stopped without keep_data?)", 2)
+  end
+  self:_spawn("existing")
+  if opts.wait ~= false then
+    local ok, msg = wait_healthy({ self }, opts.timeout)
+    if not ok then error("restart failed: " .. msg, 2) end
+  end
+  return self
+end
+
+-- Make n member objects (dirs + ports, nothing started).
+local function new_members(n, opts)
+  local ports = M.pick_ports(2 * n)
+  local token = unique("lua-etcd-spec")
+  local members, ic = {}, {}
+  for i = 1, n do
+    local dir = mktemp()
+    local name = (n == 1 and opts.name) or ((opts.name or "member") .. i)
+    local m = setmetatable({
+      name = name,
+      dir = dir,
+      data_dir = dir .. "/data",
+      log_file = dir .. "/etcd.log",
+      pid_file = dir .. "/etcd.pid",
+      client_port = ports[2 * i - 1],
+      peer_port = ports[2 * i],
+      token = token,
+      opts = opts,
+      index = i,
+    }, Server)
+    m.endpoint = "127.0.0.1:" .. m.client_port
+    m.endpoints = { m.endpoint }
+    m.client_url = "http://" .. m.endpoint
+    m.peer_url = "http://127.0.0.1:" .. m.peer_port
+    m.guard_pid = start_guardian(dir)
+    members[i] = m
+    ic[i] = name .. "=" .. m.peer_url
+  end
+  for _, m in ipairs(members) do m.initial_cluster = table.concat(ic, ",") end
+  return members
+end
+
+local function start_members(n, opts)
+  opts = opts or {}
+  local attempts = opts.attempts or M.start_attempts
+  local errs = {}
+  for attempt = 1, attempts do
+    local members = new_members(n, opts)
+    local perr, healthy, msg, conflict = pcall(function()
+      for _, m in ipairs(members) do m:_spawn("new") end
+      return wait_healthy(members, opts.timeout)
+    end)
+    if perr and healthy == true then return members end
+    if not perr then msg, conflict = tostring(healthy), false end
+    for _, m in ipairs(members) do m:_terminate("KILL", 5) end
+    for _, m in ipairs(members) do m:stop() end
+    errs[#errs + 1] = string.format("attempt %d: %s", attempt, msg)
+    if not conflict then break end
+  end
+  error("could not start etcd:\n" .. table.concat(errs, "\n"), 3)
+end
+
+function M.start_etcd(opts)
+  return start_members(1, opts)[1]
+end
+
+---------------------------------------------------------------------------
+-- clusters
+
+local Cluster = {}
+Cluster.__index = Cluster
+
+function M.start_cluster(n, opts)
+  n = n or 3
+  local members = start_members(n, opts)
+  local c = setmetatable({ members = members, endpoints = {}, token = members[1].token }, Cluster)
+  for i, m in ipairs(members) do c.endpoints[i] = m.endpoint end
+  c.endpoint = c.endpoints[1]
+  return c
+end
+
+-- One member after the other: SIGTERM to all members at once makes one of
+-- them hang for the whole grace period (~5 s); one by one each takes ~0.1 s.
+function Cluster:stop(opts)
+  for _, m in ipairs(self.members) do m:stop(opts) end
+  return self
+end
+
+function Cluster:kill()
+  for _, m in ipairs(self.members) do m:kill() end
+  return self
+end
+
+function Cluster:wait_healthy(timeout)
+  local ok, msg = wait_healthy(self.members, timeout)
+  if not ok then error(msg, 2) end
+  return self
+end
+
+-- Restart every member that is not running, then wait for all to be healthy.
+function Cluster:restart(opts)
+  opts = opts or {}
+  for _, m in ipairs(self.members) do
+    if not m:is_running() then m:restart { wait = false } end
+  end
+  if opts.wait ~= false then self:wait_healthy(opts.timeout) end
+  return self
+end
+
+-- Index in self.members of the current leader, or nil.
+function Cluster:leader_index()
+  local eps = {}
+  for _, m in ipairs(self.members) do
+    if m:is_running() then eps[#eps + 1] = m.endpoint end
+  end
+  if #eps == 0 then return nil end
+  local _, out = M.etcdctl(eps, { dial_timeout = "1s", command_timeout = "2s" },
+    "endpoint", "status", "-w", "json")
+  local by_ep, leader = {}, nil
+  for chunk in out:gmatch('"Endpoint":"[^"]*".-"leader":%d+') do
+    local ep = chunk:match('"Endpoint":"([^"]*)"')
+    local id = chunk:match('"member_id":(%d+)')
+    local l = chunk:match('"leader":(%d+)')
+    if ep and id then by_ep[ep:gsub("^https?://", "")] = id end
+    if not l or l == "0" then return nil end
+    if leader and leader ~= l then return nil end   -- members disagree
+    leader = l
+  end
+  if not leader then return nil end
+  for i, m in ipairs(self.members) do
+    if by_ep[m.endpoint] == leader then return i end
+  end
+  return nil
+end
+
+-- Wait until the running members agree on a running leader; returns its index.
+function Cluster:wait_leader(timeout)
+  local deadline = now() + (timeout or 10)
+  while true do
+    local i = self:leader_index()
+    if i then return i end
+    if now() > deadline then
+      error("no leader after " .. tostring(timeout or 10) .. " s\n" .. self:log_tail(20), 2)
+    end
+    M.sleep(0.1)
+  end
+end
+
+function Cluster:log_tail(n)
+  local t = {}
+  for _, m in ipairs(self.members) do
+    t[#t + 1] = "--- " .. m.name .. ":\n" .. m:log_tail(n)
+  end
+  return table.concat(t, "\n")
+end
+
+---------------------------------------------------------------------------
+-- global cleanup
+
+function M.stop_all()
+  local list = {}
+  for s in pairs(registry) do list[#list + 1] = s end
+  for _, s in ipairs(list) do pcall(s.stop, s, { keep_data = false }) end
+  for dir, gpid in pairs(tmpdirs) do
+    kill_guardian(gpid)
+    pcall(rm_rf, dir)
+    tmpdirs[dir] = nil
+  end
+end
+
+-- Best effort when the Lua state closes normally (busted exits via
+-- os.exit(code, true)), or when busted's file insulation drops this module.
+M._sentinel = setmetatable({}, { __gc = function() pcall(M.stop_all) end })
+
+return M
