@@ -112,6 +112,39 @@ describe("etcd.new", function()
   end)
 end)
 
+describe("gRPC's own log lines", function()
+  local script = [[package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.cpath = "build/?.so;" .. package.cpath
+local etcd = require "etcd"
+assert(not etcd.new { endpoints = { "127.0.0.1:1" }, dial_timeout = 0.3 })]]
+
+  local function stderr_of(env)
+    local src, f = os.tmpname(), os.tmpname()
+    local h = assert(io.open(src, "w"))
+    h:write(script)
+    h:close()
+    local ok = os.execute(("%s lua5.4 %s 2>%s"):format(env, src, f))
+    h = assert(io.open(f))
+    local out = h:read("a")
+    h:close()
+    os.remove(f)
+    os.remove(src)
+    return ok, out
+  end
+
+  it("stay off stderr, even at gRPC's debug verbosity", function()
+    local ok, err = stderr_of("GRPC_VERBOSITY=debug GRPC_TRACE=all")
+    assert.is_true(ok)
+    assert.equal("", err)
+  end)
+
+  it("reach stderr when LUA_ETCD_GRPC_LOG asks for them", function()
+    local ok, err = stderr_of("LUA_ETCD_GRPC_LOG=1 GRPC_VERBOSITY=debug")
+    assert.is_true(ok)
+    assert.matches("^grpc ", err)
+  end)
+end)
+
 describe("a closed client", function()
   local srv
   setup(function() srv = helpers.start_etcd() end)

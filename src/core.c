@@ -13,6 +13,7 @@
  *   call:done(), call:result() -> table | nil, msg, code; call:cancel()
  */
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -239,6 +240,24 @@ static const ProtobufCMethodDescriptor *find_method(const char *name,
   return NULL;
 }
 
+/* The metadata table at idx ({ key = value }) into md; returns the count. */
+static size_t read_metadata(lua_State *L, int idx, ec_metadata *md) {
+  size_t nmd = 0;
+  if (lua_isnoneornil(L, idx)) return 0;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+      luaL_argerror(L, idx, "metadata: string keys and values expected");
+    if (nmd == MAX_METADATA) luaL_argerror(L, idx, "metadata: too many entries");
+    md[nmd].key = lua_tostring(L, -2); /* anchored by the table */
+    md[nmd].value = lua_tolstring(L, -1, &md[nmd].value_len);
+    nmd++;
+    lua_pop(L, 1);
+  }
+  return nmd;
+}
+
 /* client:_unary(method, request, seconds, metadata) -> call | nil, msg, code */
 static int l_unary(lua_State *L) {
   int nret;
@@ -255,21 +274,7 @@ static int l_unary(lua_State *L) {
   if (!m) return luaL_argerror(L, 2, "unknown etcd method");
 
   ec_metadata md[MAX_METADATA];
-  size_t nmd = 0;
-  if (!lua_isnoneornil(L, 5)) {
-    luaL_checktype(L, 5, LUA_TTABLE);
-    lua_pushnil(L);
-    while (lua_next(L, 5)) {
-      if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-        return luaL_argerror(L, 5, "metadata: string keys and values expected");
-      if (nmd == MAX_METADATA)
-        return luaL_argerror(L, 5, "metadata: too many entries");
-      md[nmd].key = lua_tostring(L, -2); /* anchored by the table */
-      md[nmd].value = lua_tolstring(L, -1, &md[nmd].value_len);
-      nmd++;
-      lua_pop(L, 1);
-    }
-  }
+  size_t nmd = read_metadata(L, 5, md);
 
   pbconv_pack(L, 3, m->input);
   size_t reqlen;
@@ -315,6 +320,24 @@ static int c_gc(lua_State *L) {
   return 0;
 }
 
+/* nil, msg, code for a call or stream that ended with status `st`. */
+static int push_status(lua_State *L, int st, int end, const char *msg) {
+  switch (end) {
+  case EC_END_CLOSED:
+    return push_fail(L, "etcd: client is closed", "closed");
+  case EC_END_CANCELLED:
+    if (st == 1) return push_fail(L, "etcd: call cancelled", "cancelled");
+    break;
+  }
+  if (st == 4) return push_fail(L, *msg ? msg : "deadline exceeded", "timeout");
+  const char *code =
+      st > 0 && st < (int)(sizeof status_names / sizeof *status_names)
+          ? status_names[st]
+          : "UNKNOWN";
+  if (st == 0) return push_fail(L, "etcd: stream ended", "closed");
+  return push_fail(L, *msg ? msg : code, code);
+}
+
 /* call:result() -> response table | nil, message, code
  * code is the gRPC status name, or "closed" / "timeout" / "cancelled". */
 static int c_result(lua_State *L) {
@@ -322,22 +345,8 @@ static int c_result(lua_State *L) {
   if (!h->k) return push_fail(L, "etcd: call was released", "closed");
   if (!ec_call_done(h->k)) return luaL_error(L, "etcd: call not finished");
   int st = ec_call_status(h->k);
-  const char *msg = ec_call_details(h->k);
-  switch (ec_call_end(h->k)) {
-  case EC_END_CLOSED:
-    return push_fail(L, "etcd: client is closed", "closed");
-  case EC_END_CANCELLED:
-    if (st == 1) return push_fail(L, "etcd: call cancelled", "cancelled");
-    break;
-  }
-  if (st != 0) {
-    if (st == 4) return push_fail(L, *msg ? msg : "deadline exceeded", "timeout");
-    const char *code =
-        st > 0 && st < (int)(sizeof status_names / sizeof *status_names)
-            ? status_names[st]
-            : "UNKNOWN";
-    return push_fail(L, *msg ? msg : code, code);
-  }
+  if (st != 0 || ec_call_end(h->k) != EC_END_NORMAL)
+    return push_status(L, st, ec_call_end(h->k), ec_call_details(h->k));
   size_t len;
   const void *data = ec_call_response(h->k, &len);
   if (!pbconv_unpack(L, h->out, data ? data : "", data ? len : 0)) {
@@ -346,6 +355,126 @@ static int c_result(lua_State *L) {
     lua_pushstring(L, "INTERNAL");
     return 3;
   }
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* stream                                                                   */
+
+typedef struct lstream {
+  ec_stream *s;
+  const ProtobufCMessageDescriptor *in, *out;
+} lstream;
+
+#define STREAM_MT "etcd.core.stream"
+
+static const ProtobufCMethodDescriptor *find_stream(const char *name,
+                                                    const char **service) {
+  for (size_t i = 0; i < sizeof streaming / sizeof *streaming; i++)
+    if (!strcmp(name, streaming[i])) return find_method(name, service);
+  return NULL;
+}
+
+/* client:_stream(method, seconds|nil, metadata) -> stream | nil, msg, code */
+static int l_stream(lua_State *L) {
+  int nret;
+  ec_client *c = live_client(L, &nret);
+  if (!c) return nret;
+  const char *mname = luaL_checkstring(L, 2);
+  int64_t ms = opt_ms(L, 3, -1);
+  const char *service;
+  const ProtobufCMethodDescriptor *m = find_stream(mname, &service);
+  if (!m) return luaL_argerror(L, 2, "unknown etcd streaming method");
+  ec_metadata md[MAX_METADATA];
+  size_t nmd = read_metadata(L, 4, md);
+  char path[160];
+  snprintf(path, sizeof path, "/%s/%s", service, m->name);
+  lstream *u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->s = NULL;
+  u->in = m->input;
+  u->out = m->output;
+  luaL_setmetatable(L, STREAM_MT);
+  char err[256];
+  u->s = ec_stream_start(c, path, ms, -1, md, nmd, err, sizeof err);
+  if (!u->s) return push_fail(L, err, ec_client_closed(c) ? "closed" : "INTERNAL");
+  return 1;
+}
+
+static lstream *check_stream(lua_State *L) {
+  return luaL_checkudata(L, 1, STREAM_MT);
+}
+
+/* stream:write(request) -> true | nil, msg, code */
+static int s_write(lua_State *L) {
+  lstream *u = check_stream(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (!u->s) return push_fail(L, "etcd: stream is closed", "closed");
+  pbconv_pack(L, 2, u->in);
+  size_t len;
+  const char *data = lua_tolstring(L, -1, &len);
+  if (ec_stream_write(u->s, data, len) != 0)
+    return push_fail(L, "etcd: stream has ended", "closed");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* stream:read() -> response | false (nothing yet) | nil, msg, code (ended) */
+static int s_read(lua_State *L) {
+  lstream *u = check_stream(L);
+  if (!u->s) return push_fail(L, "etcd: stream is closed", "closed");
+  char *data;
+  size_t len;
+  int r = ec_stream_read(u->s, &data, &len);
+  if (r == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (r < 0)
+    return push_status(L, ec_stream_status(u->s), ec_stream_end(u->s),
+                       ec_stream_details(u->s));
+  /* the bytes live in a string Lua owns before decoding can raise */
+  lua_pushlstring(L, data, len);
+  free(data);
+  size_t n;
+  const char *bytes = lua_tolstring(L, -1, &n);
+  if (!pbconv_unpack(L, u->out, bytes, n)) {
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    lua_pushstring(L, "INTERNAL");
+    return 3;
+  }
+  return 1;
+}
+
+static int s_close_send(lua_State *L) {
+  lstream *u = check_stream(L);
+  if (u->s) ec_stream_close_send(u->s);
+  return 0;
+}
+
+static int s_ended(lua_State *L) {
+  lstream *u = check_stream(L);
+  lua_pushboolean(L, !u->s || ec_stream_ended(u->s));
+  return 1;
+}
+
+static int s_queued(lua_State *L) {
+  lstream *u = check_stream(L);
+  lua_pushinteger(L, u->s ? (lua_Integer)ec_stream_queued(u->s) : 0);
+  return 1;
+}
+
+/* stream:close(): cancel and release; idempotent, also __gc and __close */
+static int s_close(lua_State *L) {
+  lstream *u = check_stream(L);
+  if (u->s) ec_stream_release(u->s);
+  u->s = NULL;
+  return 0;
+}
+
+static int l_nstreams(lua_State *L) {
+  lclient *u = check_client(L);
+  lua_pushinteger(L, u->c ? (lua_Integer)ec_client_nstreams(u->c) : 0);
   return 1;
 }
 
@@ -403,7 +532,12 @@ __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
   static const luaL_Reg client_methods[] = {
       {"close", l_close},     {"pollfd", l_pollfd}, {"_dial", l_dial},
       {"_ready", l_ready},    {"_wait", l_wait},    {"_unary", l_unary},
-      {"_inflight", l_inflight}, {"_closed", l_closed}, {NULL, NULL}};
+      {"_inflight", l_inflight}, {"_closed", l_closed}, {"_stream", l_stream},
+      {"_nstreams", l_nstreams}, {NULL, NULL}};
+  static const luaL_Reg stream_methods[] = {
+      {"write", s_write},   {"read", s_read},     {"close_send", s_close_send},
+      {"ended", s_ended},   {"queued", s_queued}, {"close", s_close},
+      {NULL, NULL}};
   static const luaL_Reg call_methods[] = {{"done", c_done},
                                           {"result", c_result},
                                           {"cancel", c_cancel},
@@ -418,6 +552,15 @@ __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
   lua_setfield(L, -2, "__close");
   lua_pushcfunction(L, l_tostring);
   lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+
+  luaL_newmetatable(L, STREAM_MT);
+  luaL_newlib(L, stream_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, s_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, s_close);
+  lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
 
   luaL_newmetatable(L, CALL_MT);

@@ -2,7 +2,7 @@
  * Client, channels, pump thread and unary calls over gRPC's C core.
  * No lua.h here: see engine.h.
  */
-#include "engine.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -21,36 +21,6 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
-
-/* Every completion-queue tag starts with this: the pump calls `done`. */
-typedef struct ec_tag {
-  void (*done)(struct ec_tag *tag, int ok);
-} ec_tag;
-
-typedef struct ec_chan {
-  ec_tag tag; /* connectivity watch */
-  ec_client *client;
-  grpc_channel *channel;
-  char *target;
-  int watching;
-  gpr_timespec watch_until;
-} ec_chan;
-
-struct ec_client {
-  atomic_int refs;
-  pthread_mutex_t mu;
-  grpc_completion_queue *cq;
-  pthread_t pump;
-  int pump_started;
-  int efd;
-  int closed;
-  long pid;
-  size_t nchan;
-  size_t current;
-  ec_chan *chans;
-  ec_call *inflight; /* doubly linked list of unary calls in flight */
-  size_t ninflight;
-};
 
 struct ec_call {
   ec_tag tag;
@@ -117,13 +87,13 @@ long ec_global_pid(void) {
 /* ---------------------------------------------------------------------- */
 /* helpers                                                                  */
 
-static gpr_timespec deadline_in(int64_t ms) {
+gpr_timespec ec_deadline_in(int64_t ms) {
   if (ms < 0) return gpr_inf_future(GPR_CLOCK_MONOTONIC);
   return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                       gpr_time_from_millis(ms, GPR_TIMESPAN));
 }
 
-static void signal_lua(ec_client *c) {
+void ec_signal(ec_client *c) {
   uint64_t one = 1;
   ssize_t n;
   do {
@@ -132,7 +102,7 @@ static void signal_lua(ec_client *c) {
   /* EAGAIN means the counter is already huge: a wake-up is pending anyway. */
 }
 
-static char *dup_slice(grpc_slice s) {
+char *ec_dup_slice(grpc_slice s) {
   size_t n = GRPC_SLICE_LENGTH(s);
   char *p = malloc(n + 1);
   if (p) {
@@ -142,7 +112,7 @@ static char *dup_slice(grpc_slice s) {
   return p;
 }
 
-static void client_unref(ec_client *c) {
+void ec_client_unref(ec_client *c) {
   if (atomic_fetch_sub(&c->refs, 1) != 1) return;
   for (size_t i = 0; i < c->nchan; i++) free(c->chans[i].target);
   free(c->chans);
@@ -187,13 +157,13 @@ static void chan_watch_done(ec_tag *tag, int ok) {
     }
   }
   pthread_mutex_unlock(&c->mu);
-  signal_lua(c);
+  ec_signal(c);
 }
 
 void ec_client_dial(ec_client *c, int64_t timeout_ms) {
   pthread_mutex_lock(&c->mu);
   if (!c->closed) {
-    gpr_timespec until = deadline_in(timeout_ms);
+    gpr_timespec until = ec_deadline_in(timeout_ms);
     for (size_t i = 0; i < c->nchan; i++) {
       ec_chan *ch = &c->chans[i];
       ch->watch_until = until;
@@ -223,7 +193,7 @@ int ec_client_ready(ec_client *c) {
 /* Choose the channel for a call: the current one while it is ready, else the
  * next ready one, else the current one (the call then waits for it). Called
  * with c->mu held. */
-static size_t pick_channel(ec_client *c) {
+size_t ec_pick_channel(ec_client *c) {
   for (size_t k = 0; k < c->nchan; k++) {
     size_t i = (c->current + k) % c->nchan;
     if (grpc_channel_check_connectivity_state(c->chans[i].channel, k == 0) ==
@@ -256,7 +226,7 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
   c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (c->efd < 0) {
     snprintf(err, errlen, "eventfd: %s", strerror(errno));
-    client_unref(c);
+    ec_client_unref(c);
     return NULL;
   }
   c->chans = calloc(cfg->ntargets, sizeof *c->chans);
@@ -306,7 +276,7 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
   if (pthread_create(&c->pump, NULL, pump_main, c) != 0) {
     snprintf(err, errlen, "cannot start the pump thread");
     ec_client_close(c);
-    client_unref(c);
+    ec_client_unref(c);
     return NULL;
   }
   c->pump_started = 1;
@@ -314,7 +284,7 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
 
 oom:
   snprintf(err, errlen, "out of memory");
-  if (c) client_unref(c);
+  if (c) ec_client_unref(c);
   return NULL;
 }
 
@@ -335,6 +305,7 @@ void ec_client_close(ec_client *c) {
     grpc_call_cancel_with_status(k->call, GRPC_STATUS_CANCELLED,
                                  "client closed", NULL);
   }
+  ec_streams_cancel_all(c);
   pthread_mutex_unlock(&c->mu);
   /* Pending connectivity watches complete when their channel is destroyed. */
   for (size_t i = 0; i < c->nchan; i++)
@@ -356,12 +327,12 @@ void ec_client_close(ec_client *c) {
     grpc_completion_queue_destroy(c->cq);
     c->cq = NULL;
   }
-  signal_lua(c); /* wake any waiter: it will find the client closed */
+  ec_signal(c); /* wake any waiter: it will find the client closed */
 }
 
 void ec_client_release(ec_client *c) {
   ec_client_close(c);
-  client_unref(c);
+  ec_client_unref(c);
 }
 
 int ec_client_closed(const ec_client *c) {
@@ -411,7 +382,7 @@ static void call_unref(ec_call *k) {
   if (atomic_fetch_sub(&k->refs, 1) != 1) return;
   free(k->response);
   free(k->message);
-  client_unref(k->client);
+  ec_client_unref(k->client);
   free(k);
 }
 
@@ -452,7 +423,7 @@ static void unary_done(ec_tag *tag, int ok) {
     grpc_byte_buffer_destroy(k->recv_buf);
     k->recv_buf = NULL;
   }
-  k->message = dup_slice(k->details);
+  k->message = ec_dup_slice(k->details);
   grpc_slice_unref(k->details);
   if (k->error_string) gpr_free((void *)k->error_string);
   k->error_string = NULL;
@@ -469,7 +440,7 @@ static void unary_done(ec_tag *tag, int ok) {
   grpc_call_unref(call);
 
   atomic_store(&k->done, 1);
-  signal_lua(c);
+  ec_signal(c);
   call_unref(k); /* the pump's reference */
 }
 
@@ -512,12 +483,12 @@ ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
     goto fail;
   }
   size_t ci = (chan >= 0 && (size_t)chan < c->nchan) ? (size_t)chan
-                                                     : pick_channel(c);
+                                                     : ec_pick_channel(c);
   k->chan = (int)ci;
   grpc_slice method = grpc_slice_from_copied_string(path);
   k->call = grpc_channel_create_call(c->chans[ci].channel, NULL,
                                      GRPC_PROPAGATE_DEFAULTS, c->cq, method,
-                                     NULL, deadline_in(timeout_ms), NULL);
+                                     NULL, ec_deadline_in(timeout_ms), NULL);
   grpc_slice_unref(method);
   if (!k->call) {
     pthread_mutex_unlock(&c->mu);

@@ -15,6 +15,7 @@
 
 typedef struct ec_client ec_client;
 typedef struct ec_call ec_call;
+typedef struct ec_stream ec_stream;
 
 typedef struct ec_config {
   const char *const *targets; /* gRPC target names, one channel each */
@@ -76,5 +77,33 @@ const char *ec_call_details(const ec_call *k);
 const void *ec_call_response(const ec_call *k, size_t *len);
 int ec_call_channel(const ec_call *k);
 void ec_call_release(ec_call *k);
+
+/* ---- bidirectional streams ------------------------------------------
+ * The pump keeps one receive outstanding and queues every message that
+ * arrives; writes are queued and sent one at a time, in order. */
+
+/* Open a stream. timeout_ms < 0: no deadline. */
+ec_stream *ec_stream_start(ec_client *c, const char *path, int64_t timeout_ms,
+                           int chan, const ec_metadata *md, size_t nmd,
+                           char *err, size_t errlen);
+/* Queue a message. Returns 0, or -1 when the stream has ended or the
+ * sending side was closed. */
+int ec_stream_write(ec_stream *s, const void *data, size_t len);
+/* Half-close after the queued writes. */
+void ec_stream_close_send(ec_stream *s);
+/* Take the oldest received message: 1 with *data (free() it) and *len,
+ * 0 when none is queued yet, -1 when none is queued and the stream ended. */
+int ec_stream_read(ec_stream *s, char **data, size_t *len);
+/* Messages queued for reading. */
+size_t ec_stream_queued(ec_stream *s);
+int ec_stream_ended(ec_stream *s);
+/* Once ended: */
+int ec_stream_status(ec_stream *s);
+int ec_stream_end(ec_stream *s); /* EC_END_* */
+const char *ec_stream_details(ec_stream *s);
+void ec_stream_cancel(ec_stream *s);
+/* Cancel if still running and drop the caller's reference. */
+void ec_stream_release(ec_stream *s);
+size_t ec_client_nstreams(ec_client *c);
 
 #endif
