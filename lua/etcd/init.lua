@@ -12,6 +12,7 @@ local errors = require "etcd.errors"
 local wait = require "etcd.wait"
 local kv = require "etcd.kv"
 local txn = require "etcd.txn"
+local lease = require "etcd.lease"
 
 local etcd = {
   version = core.version,
@@ -213,6 +214,8 @@ function Client:batch(ops, opts)
   end
   return results
 end
+
+lease.install(Client)
 
 etcd.Client = Client
 return etcd

@@ -38,6 +38,29 @@ function M.call(ccli, h, limit)
   return res
 end
 
+--- Wait for the next message of a stream (etcd.core stream object) for at
+-- most `timeout` seconds (nil: no limit). Returns the message, or nil, msg,
+-- code ("timeout" when the time ran out; the stream stays usable).
+function M.read(ccli, st, timeout)
+  local deadline = timeout and (M.now() + timeout)
+  while true do
+    local res, msg, code = st:read()
+    if res then return res end
+    if res == nil then return errors.fail(msg, code) end
+    local left
+    if deadline then
+      left = deadline - M.now()
+      if left <= 0 then return nil, "etcd: no message before the deadline", "timeout" end
+    end
+    local ok, m, c = M.block(ccli, left)
+    if ok == nil then
+      res, msg, code = st:read()
+      if res then return res end
+      return errors.fail(m, c)
+    end
+  end
+end
+
 --- Wait until `ready()` is true or `timeout` seconds pass. Returns true or false.
 function M.until_ready(ccli, ready, timeout)
   local deadline = M.now() + timeout
