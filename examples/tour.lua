@@ -173,16 +173,35 @@ not_yet("watch with progress notify")
 
 -- ---------------------------------------------------------------------------
 section "3.1 lease: grant"
-not_yet("lease grant")
+-- etcdctl lease grant 5; the key goes when the lease ends
+local lease = assert(cli:grant(5))
+assert(cli:put("foo", "bar", { lease = lease.id }))
+print(("granted lease %x (ttl %d s); foo is attached to it"):format(lease.id, lease.ttl))
 
 section "3.2 lease: revoke"
-not_yet("lease revoke")
+local l2 = assert(cli:grant(5))
+assert(cli:put("foo-revoked", "bar", { lease = l2.id }))
+assert(cli:revoke(l2.id))
+assert(assert(cli:get("foo-revoked")).count == 0)
+print(("revoked lease %x: its key foo-revoked is gone"):format(l2.id))
 
 section "3.3 lease: keep-alive and keep-alive once"
-not_yet("lease keep-alive")
+not_yet("keep-alive renewed in the background (cli:keepalive)")
+local kaa = assert(cli:keepalive_once(lease.id))
+assert(kaa.id == lease.id and kaa.ttl == 5)
+print("keepalive_once: ttl", kaa.ttl)
 
 section "3.4 lease: leases and time-to-live"
-not_yet("lease list and time-to-live")
+local mine = {}
+for _, ttl in ipairs { 5, 10, 15 } do mine[assert(cli:grant(ttl)).id] = true end
+for _, l in ipairs(assert(cli:leases()).leases) do
+  if mine[l.id] then
+    local t = assert(cli:time_to_live(l.id, { keys = true }))
+    print(("lease: %d, ttl: %d, grantedTTL: %d"):format(t.id, t.ttl, t.granted_ttl))
+    assert(cli:revoke(l.id))
+  end
+end
+assert(cli:revoke(lease.id))
 
 -- ---------------------------------------------------------------------------
 section "4. auth"
