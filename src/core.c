@@ -472,6 +472,87 @@ static int s_close(lua_State *L) {
   return 0;
 }
 
+/* ---------------------------------------------------------------------- */
+/* keep-alive                                                               */
+
+#define KA_MT "etcd.core.keepalive"
+
+typedef struct lka {
+  ec_lease *l;
+} lka;
+
+/* client:_keepalive(id, first_timeout_seconds) -> ka | nil, msg, code */
+static int l_keepalive(lua_State *L) {
+  int nret;
+  ec_client *c = live_client(L, &nret);
+  if (!c) return nret;
+  lua_Integer id = luaL_checkinteger(L, 2);
+  int64_t ms = opt_ms(L, 3, 6000);
+  lka *u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->l = NULL;
+  luaL_setmetatable(L, KA_MT);
+  char err[128];
+  u->l = ec_keepalive_start(c, (int64_t)id, ms, err, sizeof err);
+  if (!u->l) return push_fail(L, err, ec_client_closed(c) ? "closed" : "INTERNAL");
+  return 1;
+}
+
+/* ka:state() -> "alive"|"expired"|"closed", seq, latest | reason
+ * latest = { id, ttl, header = {...} } (nil before the first answer). */
+static int k_state(lua_State *L) {
+  lka *u = luaL_checkudata(L, 1, KA_MT);
+  if (!u->l) {
+    lua_pushstring(L, "closed");
+    lua_pushinteger(L, 0);
+    lua_pushstring(L, "etcd: keep-alive is closed");
+    return 3;
+  }
+  uint64_t seq;
+  ec_ka_response r;
+  char reason[160];
+  int st = ec_keepalive_state(u->l, &seq, &r, reason, sizeof reason);
+  lua_pushstring(L, st == EC_KA_ALIVE ? "alive" : st == EC_KA_EXPIRED ? "expired" : "closed");
+  lua_pushinteger(L, (lua_Integer)seq);
+  if (st != EC_KA_ALIVE) {
+    lua_pushstring(L, reason);
+    return 3;
+  }
+  if (seq == 0) {
+    lua_pushnil(L);
+    return 3;
+  }
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)r.id);
+  lua_setfield(L, -2, "id");
+  lua_pushinteger(L, (lua_Integer)r.ttl);
+  lua_setfield(L, -2, "ttl");
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, (lua_Integer)r.cluster_id);
+  lua_setfield(L, -2, "cluster_id");
+  lua_pushinteger(L, (lua_Integer)r.member_id);
+  lua_setfield(L, -2, "member_id");
+  lua_pushinteger(L, (lua_Integer)r.revision);
+  lua_setfield(L, -2, "revision");
+  lua_pushinteger(L, (lua_Integer)r.raft_term);
+  lua_setfield(L, -2, "raft_term");
+  lua_setfield(L, -2, "header");
+  return 3;
+}
+
+/* ka:close(): stop renewing; idempotent, also __gc and __close */
+static int k_close(lua_State *L) {
+  lka *u = luaL_checkudata(L, 1, KA_MT);
+  if (u->l) ec_keepalive_release(u->l);
+  u->l = NULL;
+  return 0;
+}
+
+static int l_nkeepalives(lua_State *L) {
+  lclient *u = check_client(L);
+  lua_pushinteger(L, u->c ? (lua_Integer)ec_client_nkeepalives(u->c) : 0);
+  return 1;
+}
+
 static int l_nstreams(lua_State *L) {
   lclient *u = check_client(L);
   lua_pushinteger(L, u->c ? (lua_Integer)ec_client_nstreams(u->c) : 0);
@@ -533,7 +614,10 @@ __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
       {"close", l_close},     {"pollfd", l_pollfd}, {"_dial", l_dial},
       {"_ready", l_ready},    {"_wait", l_wait},    {"_unary", l_unary},
       {"_inflight", l_inflight}, {"_closed", l_closed}, {"_stream", l_stream},
-      {"_nstreams", l_nstreams}, {NULL, NULL}};
+      {"_nstreams", l_nstreams}, {"_keepalive", l_keepalive},
+      {"_nkeepalives", l_nkeepalives}, {NULL, NULL}};
+  static const luaL_Reg ka_methods[] = {
+      {"state", k_state}, {"close", k_close}, {NULL, NULL}};
   static const luaL_Reg stream_methods[] = {
       {"write", s_write},   {"read", s_read},     {"close_send", s_close_send},
       {"ended", s_ended},   {"queued", s_queued}, {"close", s_close},
@@ -560,6 +644,15 @@ __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
   lua_pushcfunction(L, s_close);
   lua_setfield(L, -2, "__gc");
   lua_pushcfunction(L, s_close);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+
+  luaL_newmetatable(L, KA_MT);
+  luaL_newlib(L, ka_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, k_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, k_close);
   lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
 

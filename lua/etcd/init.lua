@@ -80,6 +80,7 @@ function etcd.new(opts)
     _timeout = o.timeout or 10,
     _ns = o.namespace or "",
     _endpoints = targets,
+    _dial_timeout = o.dial_timeout or 5,
   }, Client)
   local dial = o.dial_timeout or 5
   if dial > 0 then

@@ -1,10 +1,75 @@
---- Leases: grant, revoke, time_to_live, leases, keepalive_once.
--- (The keep-alive that renews by itself in the background is later work.)
+--- Leases: grant, revoke, time_to_live, leases, keepalive_once, and
+-- keepalive: a lease renewed by the client's pump thread in the background.
 local check = require "etcd.check"
 local wait = require "etcd.wait"
 local errors = require "etcd.errors"
 
 local M = {}
+
+-- ---------------------------------------------------------------------------
+-- keep-alive object
+
+local KeepAlive = { __name = "etcd.keepalive" }
+KeepAlive.__index = KeepAlive
+M.KeepAlive = KeepAlive
+
+--- ka:next(timeout) -> { id, ttl, header } | nil, msg, code
+-- The newest answer not yet returned (answers in between are coalesced: the
+-- lease is renewed either way). Waits up to `timeout` seconds (default: the
+-- keepalive's `timeout` option; nil: no limit). Codes: "timeout" (the object
+-- stays usable), "lease_expired" (the lease is gone: renewal stopped),
+-- "closed" (this object or the client was closed).
+function KeepAlive:next(timeout)
+  if timeout == nil then timeout = self._timeout end
+  if timeout ~= nil then timeout = check.value(timeout, "seconds", "ka:next: bad argument #1 (timeout)", 2) end
+  local deadline = timeout and (wait.now() + timeout)
+  local c = self._cli._core
+  while true do
+    local state, seq, x = self._h:state()
+    if state == "alive" then
+      if seq > self._seen then
+        self._seen = seq
+        return x
+      end
+    elseif state == "expired" then
+      return nil, x, "lease_expired"
+    else
+      return nil, x, "closed"
+    end
+    local left
+    if deadline then
+      left = deadline - wait.now()
+      if left <= 0 then return nil, "etcd: no keep-alive answer before the deadline", "timeout" end
+    end
+    if wait.block(c, left) == nil then
+      return nil, "etcd: client is closed", "closed"
+    end
+  end
+end
+
+--- for r in ka:responses() do ... end: each answer, as ka:next() gives them.
+-- The loop ends when this object is closed; a lost lease or a closed client
+-- raises an error object { message =, code = } ("lease_expired", "closed").
+function KeepAlive:responses()
+  return function()
+    local r, msg, code = self:next(nil)
+    if r then return r end
+    if self._closed then return nil end
+    error(errors.new(msg, code), 2)
+  end
+end
+
+--- Stop renewing the lease (it is not revoked: it expires after its TTL).
+-- Idempotent; also __close, and the collector does it for a dropped object.
+function KeepAlive:close()
+  self._closed = true
+  self._h:close()
+end
+KeepAlive.__close = KeepAlive.close
+
+function KeepAlive:__tostring()
+  return ("etcd.keepalive(%x): %s"):format(self.id, (self._h:state()))
+end
 
 local CALL = { timeout = "seconds" }
 
@@ -49,6 +114,19 @@ function M.install(Client)
   function Client:leases(opts)
     local o = check.options(opts, CALL, "leases", 2)
     return self:_call("Lease.LeaseLeases", {}, o.timeout)
+  end
+
+  --- cli:keepalive(id, opts) -> keep-alive object: the client's pump thread
+  -- renews the lease on a shared stream (every TTL/3) with no Lua code
+  -- running, until ka:close() or the lease is lost. opts: timeout (default
+  -- wait of ka:next; none by default).
+  function Client:keepalive(id, opts)
+    id = check.arg(id, "integer", 1, "id", "keepalive", 2)
+    local o = check.options(opts, CALL, "keepalive", 2)
+    -- like Go: the first answer may take the dial timeout plus a second
+    local h, msg, code = self._core:_keepalive(id, self._dial_timeout + 1)
+    if not h then return errors.fail(msg, code) end
+    return setmetatable({ _h = h, _cli = self, _seen = 0, _timeout = o.timeout, id = id }, KeepAlive)
   end
 
   --- cli:keepalive_once(id, opts) -> { id, ttl, header }: renew the lease once.

@@ -127,13 +127,17 @@ void ec_client_unref(ec_client *c) {
 static void *pump_main(void *arg) {
   ec_client *c = arg;
   for (;;) {
-    grpc_event ev = grpc_completion_queue_next(
-        c->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+    /* The completion queue's deadline is the keep-alive timer. */
+    pthread_mutex_lock(&c->mu);
+    gpr_timespec dl = ec_ka_deadline_locked(c);
+    pthread_mutex_unlock(&c->mu);
+    grpc_event ev = grpc_completion_queue_next(c->cq, dl, NULL);
     if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
     if (ev.type == GRPC_OP_COMPLETE) {
       ec_tag *t = ev.tag;
       t->done(t, ev.success);
     }
+    ec_ka_tick(c);
   }
   return NULL;
 }
@@ -306,6 +310,7 @@ void ec_client_close(ec_client *c) {
                                  "client closed", NULL);
   }
   ec_streams_cancel_all(c);
+  ec_ka_close_all_locked(c);
   pthread_mutex_unlock(&c->mu);
   /* Pending connectivity watches complete when their channel is destroyed. */
   for (size_t i = 0; i < c->nchan; i++)
@@ -327,6 +332,7 @@ void ec_client_close(ec_client *c) {
     grpc_completion_queue_destroy(c->cq);
     c->cq = NULL;
   }
+  ec_ka_free(c);
   ec_signal(c); /* wake any waiter: it will find the client closed */
 }
 

@@ -106,4 +106,30 @@ void ec_stream_cancel(ec_stream *s);
 void ec_stream_release(ec_stream *s);
 size_t ec_client_nstreams(ec_client *c);
 
+/* ---- lease keep-alive -----------------------------------------------
+ * The pump thread renews registered leases on the client's shared
+ * LeaseKeepAlive stream: every 500 ms until etcd answers, then every TTL/3,
+ * with no Lua code running. A lease is lost when etcd answers TTL 0 or no
+ * answer comes before its TTL runs out. */
+
+typedef struct ec_lease ec_lease;
+enum { EC_KA_ALIVE = 0, EC_KA_EXPIRED = 1, EC_KA_CLOSED = 2 };
+
+typedef struct ec_ka_response {
+  int64_t id, ttl, revision;
+  uint64_t cluster_id, member_id, raft_term;
+} ec_ka_response;
+
+/* Start renewing lease `id`. `first_timeout_ms`: how long to wait for the
+ * first answer before the lease counts as lost. */
+ec_lease *ec_keepalive_start(ec_client *c, int64_t id, int64_t first_timeout_ms,
+                             char *err, size_t errlen);
+/* State (EC_KA_*); *seq counts the answers so far, *latest is the newest.
+ * `reason` gets why the lease is no longer alive. */
+int ec_keepalive_state(ec_lease *l, uint64_t *seq, ec_ka_response *latest,
+                       char *reason, size_t reasonlen);
+/* Stop renewing (idempotent) and drop the caller's reference. */
+void ec_keepalive_release(ec_lease *l);
+size_t ec_client_nkeepalives(ec_client *c);
+
 #endif

@@ -27,6 +27,16 @@ typedef struct ec_chan {
   gpr_timespec watch_until;
 } ec_chan;
 
+/* The keep-alive manager (keepalive.c), driven by the pump thread. */
+typedef struct ec_lease ec_lease;
+typedef struct ec_ka {
+  ec_stream *stream;
+  int stream_ended;
+  gpr_timespec reopen_at;
+  ec_lease *leases; /* singly linked */
+  size_t n;
+} ec_ka;
+
 struct ec_client {
   atomic_int refs;
   pthread_mutex_t mu;
@@ -43,7 +53,33 @@ struct ec_client {
   size_t ninflight;
   ec_stream *streams; /* doubly linked list of live streams */
   size_t nstreams;
+  ec_ka ka;
 };
+
+/* A consumer of a stream inside the engine (called by the pump thread with
+ * the client's mutex held): messages go to it instead of the Lua queue. */
+typedef struct ec_stream_hooks {
+  void (*on_message)(void *ud, ec_stream *s, const char *data, size_t len);
+  void (*on_end)(void *ud, ec_stream *s);
+} ec_stream_hooks;
+
+/* With c->mu held. */
+ec_stream *ec_stream_start_locked(ec_client *c, const char *path,
+                                  int64_t timeout_ms, int chan,
+                                  const ec_metadata *md, size_t nmd,
+                                  const ec_stream_hooks *hooks, void *hook_ud,
+                                  char *err, size_t errlen);
+int ec_stream_write_locked(ec_stream *s, const void *data, size_t len);
+void ec_stream_cancel_locked(ec_stream *s);
+
+/* The pump's next wake-up for keep-alives (with c->mu held). */
+gpr_timespec ec_ka_deadline_locked(ec_client *c);
+/* Run after every pump wake-up: send what is due, expire what is late. */
+void ec_ka_tick(ec_client *c);
+/* With c->mu held, client closing: every keep-alive ends as closed. */
+void ec_ka_close_all_locked(ec_client *c);
+/* After the pump stopped: drop the manager's references. */
+void ec_ka_free(ec_client *c);
 
 gpr_timespec ec_deadline_in(int64_t ms);
 /* Wake whoever waits on the client's eventfd. */

@@ -43,6 +43,8 @@ struct ec_stream {
   queue in, out;
   int sending, want_close_send, closed_send, status_in, ended, end;
   char *message;
+  const ec_stream_hooks *hooks; /* pump-side consumer, or NULL: queue for Lua */
+  void *hook_ud;
 };
 
 static void q_push(queue *q, msg *m) {
@@ -142,6 +144,7 @@ static int finish_locked(ec_stream *s) {
   else c->streams = s->next;
   if (s->next) s->next->prev = s->prev;
   c->nstreams--;
+  if (s->hooks) s->hooks->on_end(s->hook_ud, s);
   return 1;
 }
 
@@ -192,7 +195,12 @@ static void on_recv(ec_tag *t, int ok) {
   }
   pthread_mutex_lock(&c->mu);
   s->pending--;
-  if (m) q_push(&s->in, m);
+  if (m && s->hooks) {
+    s->hooks->on_message(s->hook_ud, s, m->data, m->len);
+    free(m);
+  } else if (m) {
+    q_push(&s->in, m);
+  }
   if (more && s->call && !s->status_in) start_recv_locked(s);
   after_batch(s);
 }
@@ -231,6 +239,18 @@ static void on_status(ec_tag *t, int ok) {
 ec_stream *ec_stream_start(ec_client *c, const char *path, int64_t timeout_ms,
                            int chan, const ec_metadata *md, size_t nmd,
                            char *err, size_t errlen) {
+  pthread_mutex_lock(&c->mu);
+  ec_stream *s = ec_stream_start_locked(c, path, timeout_ms, chan, md, nmd,
+                                        NULL, NULL, err, errlen);
+  pthread_mutex_unlock(&c->mu);
+  return s;
+}
+
+ec_stream *ec_stream_start_locked(ec_client *c, const char *path,
+                                  int64_t timeout_ms, int chan,
+                                  const ec_metadata *md, size_t nmd,
+                                  const ec_stream_hooks *hooks, void *hook_ud,
+                                  char *err, size_t errlen) {
   ec_stream *s = calloc(1, sizeof *s);
   if (!s) {
     snprintf(err, errlen, "out of memory");
@@ -243,6 +263,8 @@ ec_stream *ec_stream_start(ec_client *c, const char *path, int64_t timeout_ms,
   s->t_status.done = on_status;
   s->status = GRPC_STATUS_UNKNOWN;
   s->details = grpc_empty_slice();
+  s->hooks = hooks;
+  s->hook_ud = hook_ud;
   grpc_metadata_array_init(&s->recv_md);
   grpc_metadata_array_init(&s->trail_md);
   atomic_fetch_add(&c->refs, 1);
@@ -261,9 +283,7 @@ ec_stream *ec_stream_start(ec_client *c, const char *path, int64_t timeout_ms,
     s->nsend_md = nmd;
   }
 
-  pthread_mutex_lock(&c->mu);
   if (c->closed) {
-    pthread_mutex_unlock(&c->mu);
     snprintf(err, errlen, "client closed");
     goto fail;
   }
@@ -276,7 +296,6 @@ ec_stream *ec_stream_start(ec_client *c, const char *path, int64_t timeout_ms,
                                      NULL, ec_deadline_in(timeout_ms), NULL);
   grpc_slice_unref(method);
   if (!s->call) {
-    pthread_mutex_unlock(&c->mu);
     snprintf(err, errlen, "cannot create a gRPC call");
     goto fail;
   }
@@ -312,7 +331,6 @@ ec_stream *ec_stream_start(ec_client *c, const char *path, int64_t timeout_ms,
   if (e != GRPC_CALL_OK && !s->pending) {
     grpc_call_unref(s->call);
     s->call = NULL;
-    pthread_mutex_unlock(&c->mu);
     snprintf(err, errlen, "cannot start a gRPC stream (error %d)", (int)e);
     goto fail;
   }
@@ -320,7 +338,6 @@ ec_stream *ec_stream_start(ec_client *c, const char *path, int64_t timeout_ms,
   if (c->streams) c->streams->prev = s;
   c->streams = s;
   c->nstreams++;
-  pthread_mutex_unlock(&c->mu);
   return s;
 
 fail:
@@ -337,22 +354,22 @@ fail:
   return NULL;
 }
 
-int ec_stream_write(ec_stream *s, const void *data, size_t len) {
+int ec_stream_write_locked(ec_stream *s, const void *data, size_t len) {
+  if (s->ended || s->status_in || s->want_close_send || !s->call) return -1;
   msg *m = malloc(sizeof *m + len);
   if (!m) return -1;
   m->len = len;
   memcpy(m->data, data, len);
-  ec_client *c = s->client;
-  pthread_mutex_lock(&c->mu);
-  if (s->ended || s->status_in || s->want_close_send || !s->call) {
-    pthread_mutex_unlock(&c->mu);
-    free(m);
-    return -1;
-  }
   q_push(&s->out, m);
   start_send_locked(s);
-  pthread_mutex_unlock(&c->mu);
   return 0;
+}
+
+int ec_stream_write(ec_stream *s, const void *data, size_t len) {
+  pthread_mutex_lock(&s->client->mu);
+  int r = ec_stream_write_locked(s, data, len);
+  pthread_mutex_unlock(&s->client->mu);
+  return r;
 }
 
 void ec_stream_close_send(ec_stream *s) {
@@ -410,6 +427,10 @@ static void cancel_locked(ec_stream *s, int why, const char *text) {
     if (s->end == EC_END_NORMAL) s->end = why;
     grpc_call_cancel_with_status(s->call, GRPC_STATUS_CANCELLED, text, NULL);
   }
+}
+
+void ec_stream_cancel_locked(ec_stream *s) {
+  cancel_locked(s, EC_END_CANCELLED, "cancelled");
 }
 
 void ec_stream_cancel(ec_stream *s) {
