@@ -48,6 +48,27 @@ describe("a three-member cluster", function()
     one:close()
   end)
 
+  it("a keep-alive survives the loss of each member in turn", function()
+    local l = assert(cli:grant(3))
+    assert(cli:put("cl/ka", "x", { lease = l.id }))
+    local ka = assert(cli:keepalive(l.id))
+    assert(ka:next(5))
+    for i = 1, 3 do
+      cluster.members[i]:kill()
+      cluster:wait_leader(10)
+      helpers.sleep(4) -- longer than the TTL
+      local res
+      for _ = 1, 20 do -- the first read after a leader loss may time out
+        res = cli:get("cl/ka", { timeout = 2 })
+        if res then break end
+      end
+      assert.equal(1, assert(res).count, "lease lost with member " .. i .. " down")
+      assert.is_true(select(1, ka:next(5)) ~= nil)
+      cluster.members[i]:restart()
+    end
+    ka:close()
+  end)
+
   it("a client of a dead member alone times out by its deadline", function()
     cluster.members[2]:kill()
     local one = assert(etcd.new { endpoints = { cluster.members[2].endpoint }, dial_timeout = 0, timeout = 0.5 })

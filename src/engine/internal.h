@@ -63,12 +63,13 @@ typedef struct ec_stream_hooks {
   void (*on_end)(void *ud, ec_stream *s);
 } ec_stream_hooks;
 
-/* With c->mu held. */
+/* With c->mu held. wait_ready = 0: fail at once when the channel is not
+ * connected, rather than wait for it. */
 ec_stream *ec_stream_start_locked(ec_client *c, const char *path,
                                   int64_t timeout_ms, int chan,
                                   const ec_metadata *md, size_t nmd,
-                                  const ec_stream_hooks *hooks, void *hook_ud,
-                                  char *err, size_t errlen);
+                                  int wait_ready, const ec_stream_hooks *hooks,
+                                  void *hook_ud, char *err, size_t errlen);
 int ec_stream_write_locked(ec_stream *s, const void *data, size_t len);
 void ec_stream_cancel_locked(ec_stream *s);
 

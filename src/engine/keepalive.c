@@ -4,7 +4,8 @@
  * until etcd answers (as etcd's Go client does), then one every TTL/3. The
  * pump's completion-queue deadline is the timer (gRPC 1.51 has no public
  * timer). The stream carries require-leader metadata and is opened again,
- * on a ready member, when it breaks. No lua.h here.
+ * on a ready member, when it breaks (it does not wait for a member that is
+ * down: while none is up, a new try every 500 ms). No lua.h here.
  */
 #include "internal.h"
 
@@ -114,8 +115,10 @@ static void send_locked(ec_client *c, ec_lease *l, gpr_timespec now) {
 
 static void open_locked(ec_client *c, gpr_timespec now) {
   char err[128];
-  c->ka.stream = ec_stream_start_locked(c, KA_PATH, -1, -1, KA_MD, 1, &KA_HOOKS,
-                                        c, err, sizeof err);
+  /* Fail fast on a member that is down: the pump tries again in 500 ms on
+   * whichever member is ready then, instead of waiting on this one. */
+  c->ka.stream = ec_stream_start_locked(c, KA_PATH, -1, -1, KA_MD, 1, 0,
+                                        &KA_HOOKS, c, err, sizeof err);
   c->ka.stream_ended = 0;
   if (!c->ka.stream) {
     c->ka.reopen_at = after_ms(now, REOPEN_MS);

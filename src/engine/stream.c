@@ -240,7 +240,7 @@ ec_stream *ec_stream_start(ec_client *c, const char *path, int64_t timeout_ms,
                            int chan, const ec_metadata *md, size_t nmd,
                            char *err, size_t errlen) {
   pthread_mutex_lock(&c->mu);
-  ec_stream *s = ec_stream_start_locked(c, path, timeout_ms, chan, md, nmd,
+  ec_stream *s = ec_stream_start_locked(c, path, timeout_ms, chan, md, nmd, 1,
                                         NULL, NULL, err, errlen);
   pthread_mutex_unlock(&c->mu);
   return s;
@@ -249,8 +249,8 @@ ec_stream *ec_stream_start(ec_client *c, const char *path, int64_t timeout_ms,
 ec_stream *ec_stream_start_locked(ec_client *c, const char *path,
                                   int64_t timeout_ms, int chan,
                                   const ec_metadata *md, size_t nmd,
-                                  const ec_stream_hooks *hooks, void *hook_ud,
-                                  char *err, size_t errlen) {
+                                  int wait_ready, const ec_stream_hooks *hooks,
+                                  void *hook_ud, char *err, size_t errlen) {
   ec_stream *s = calloc(1, sizeof *s);
   if (!s) {
     snprintf(err, errlen, "out of memory");
@@ -304,7 +304,7 @@ ec_stream *ec_stream_start_locked(ec_client *c, const char *path,
   ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
   ops[0].data.send_initial_metadata.count = s->nsend_md;
   ops[0].data.send_initial_metadata.metadata = s->send_md;
-  ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY |
+  ops[0].flags = (wait_ready ? GRPC_INITIAL_METADATA_WAIT_FOR_READY : 0) |
                  GRPC_INITIAL_METADATA_WAIT_FOR_READY_EXPLICITLY_SET;
   ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
   ops[1].data.recv_initial_metadata.recv_initial_metadata = &s->recv_md;
