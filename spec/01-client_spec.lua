@@ -198,17 +198,20 @@ describe("a closed client", function()
     assert.equal("closed", code)
   end)
 
-  it("releases its thread when collected without close", function()
+  it("releases its pump thread when collected without close", function()
     collectgarbage()
     collectgarbage()
-    local before = ts.threads()
-    for _ = 1, 20 do
-      local cli = assert(etcd.new { endpoints = srv.endpoints })
-      assert(cli:get("a"))
+    local before = ts.threads_named("lua-etcd-pump")
+    local clients = {}
+    for i = 1, 20 do
+      clients[i] = assert(etcd.new { endpoints = srv.endpoints })
+      assert(clients[i]:get("a"))
     end
+    assert.equal(before + 20, ts.threads_named("lua-etcd-pump"))
+    clients = nil
     collectgarbage()
     collectgarbage()
-    assert.equal(before, ts.threads())
+    assert.equal(before, ts.threads_named("lua-etcd-pump"))
   end)
 end)
 

@@ -553,6 +553,114 @@ static int l_nkeepalives(lua_State *L) {
   return 1;
 }
 
+/* ---------------------------------------------------------------------- */
+/* watch                                                                    */
+
+#define WATCH_MT "etcd.core.watch"
+
+typedef struct lwatch {
+  ec_watch *w;
+} lwatch;
+
+/* client:_watch(create_request, start_revision) -> watch | nil, msg, code
+ * create_request: a WatchCreateRequest table without start_revision. */
+static int l_watch(lua_State *L) {
+  int nret;
+  ec_client *c = live_client(L, &nret);
+  if (!c) return nret;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer rev = luaL_optinteger(L, 3, 0);
+  pbconv_pack(L, 2, &etcdserverpb__watch_create_request__descriptor);
+  size_t len;
+  const char *req = lua_tolstring(L, -1, &len);
+  lwatch *u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->w = NULL;
+  luaL_setmetatable(L, WATCH_MT);
+  char err[128];
+  u->w = ec_watch_start(c, req, len, (int64_t)rev, err, sizeof err);
+  if (!u->w) return push_fail(L, err, ec_client_closed(c) ? "closed" : "INTERNAL");
+  return 1;
+}
+
+/* w:read() -> response | false (nothing yet)
+ *           | nil, "ended"|"closed", reason, compact_revision */
+static int w_read(lua_State *L) {
+  lwatch *u = luaL_checkudata(L, 1, WATCH_MT);
+  if (!u->w) {
+    lua_pushnil(L);
+    lua_pushstring(L, "closed");
+    lua_pushstring(L, "closed");
+    lua_pushinteger(L, 0);
+    return 4;
+  }
+  char *data;
+  size_t len;
+  int r = ec_watch_read(u->w, &data, &len);
+  if (r == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (r < 0) {
+    int64_t compact;
+    char reason[256];
+    int st = ec_watch_state(u->w, &compact, reason, sizeof reason);
+    lua_pushnil(L);
+    lua_pushstring(L, st == EC_W_ENDED ? "ended" : "closed");
+    lua_pushstring(L, reason);
+    lua_pushinteger(L, (lua_Integer)compact);
+    return 4;
+  }
+  lua_pushlstring(L, data, len);
+  free(data);
+  size_t n;
+  const char *bytes = lua_tolstring(L, -1, &n);
+  if (!pbconv_unpack(L, &etcdserverpb__watch_response__descriptor, bytes, n)) {
+    lua_pushnil(L);
+    lua_pushstring(L, "ended");
+    lua_rotate(L, -3, -1); /* nil, "ended", message */
+    lua_pushinteger(L, 0);
+    return 4;
+  }
+  return 1;
+}
+
+/* w:created() -> true (etcd confirmed it) | false (not yet) | nil (ended) */
+static int w_created(lua_State *L) {
+  lwatch *u = luaL_checkudata(L, 1, WATCH_MT);
+  int r = u->w ? ec_watch_created(u->w) : -1;
+  if (r < 0) lua_pushnil(L);
+  else lua_pushboolean(L, r);
+  return 1;
+}
+
+static int w_queued(lua_State *L) {
+  lwatch *u = luaL_checkudata(L, 1, WATCH_MT);
+  lua_pushinteger(L, u->w ? (lua_Integer)ec_watch_queued(u->w) : 0);
+  return 1;
+}
+
+/* w:close(): cancel on the server; idempotent, also __gc and __close */
+static int w_close(lua_State *L) {
+  lwatch *u = luaL_checkudata(L, 1, WATCH_MT);
+  if (u->w) ec_watch_release(u->w);
+  u->w = NULL;
+  return 0;
+}
+
+static int l_request_progress(lua_State *L) {
+  int nret;
+  ec_client *c = live_client(L, &nret);
+  if (!c) return nret;
+  lua_pushboolean(L, ec_watch_request_progress(c));
+  return 1;
+}
+
+static int l_nwatches(lua_State *L) {
+  lclient *u = check_client(L);
+  lua_pushinteger(L, u->c ? (lua_Integer)ec_client_nwatches(u->c) : 0);
+  return 1;
+}
+
 static int l_nstreams(lua_State *L) {
   lclient *u = check_client(L);
   lua_pushinteger(L, u->c ? (lua_Integer)ec_client_nstreams(u->c) : 0);
@@ -615,7 +723,12 @@ __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
       {"_ready", l_ready},    {"_wait", l_wait},    {"_unary", l_unary},
       {"_inflight", l_inflight}, {"_closed", l_closed}, {"_stream", l_stream},
       {"_nstreams", l_nstreams}, {"_keepalive", l_keepalive},
-      {"_nkeepalives", l_nkeepalives}, {NULL, NULL}};
+      {"_nkeepalives", l_nkeepalives}, {"_watch", l_watch},
+      {"_request_progress", l_request_progress}, {"_nwatches", l_nwatches},
+      {NULL, NULL}};
+  static const luaL_Reg watch_methods[] = {
+      {"read", w_read},       {"queued", w_queued}, {"close", w_close},
+      {"created", w_created}, {NULL, NULL}};
   static const luaL_Reg ka_methods[] = {
       {"state", k_state}, {"close", k_close}, {NULL, NULL}};
   static const luaL_Reg stream_methods[] = {
@@ -644,6 +757,15 @@ __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
   lua_pushcfunction(L, s_close);
   lua_setfield(L, -2, "__gc");
   lua_pushcfunction(L, s_close);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+
+  luaL_newmetatable(L, WATCH_MT);
+  luaL_newlib(L, watch_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, w_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, w_close);
   lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
 

@@ -13,6 +13,7 @@ local wait = require "etcd.wait"
 local kv = require "etcd.kv"
 local txn = require "etcd.txn"
 local lease = require "etcd.lease"
+local watch = require "etcd.watch"
 
 local etcd = {
   version = core.version,
@@ -217,6 +218,7 @@ function Client:batch(ops, opts)
 end
 
 lease.install(Client)
+watch.install(Client)
 
 etcd.Client = Client
 return etcd

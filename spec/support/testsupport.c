@@ -5,6 +5,7 @@
  * build/spec/testsupport.so; never part of the etcd module.
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -79,6 +80,30 @@ static int t_threads(lua_State *L) {
   return 1;
 }
 
+/* number of this process's threads named `name` (their comm) */
+static int t_threads_named(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  int n = 0;
+  char path[64], line[64];
+  snprintf(path, sizeof path, "/proc/%d/task", (int)getpid());
+  DIR *d = opendir(path);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    char comm[352];
+    snprintf(comm, sizeof comm, "%s/%s/comm", path, e->d_name);
+    FILE *f = fopen(comm, "r");
+    if (f && fgets(line, sizeof line, f)) {
+      line[strcspn(line, "\n")] = 0;
+      if (!strcmp(line, name)) n++;
+    }
+    if (f) fclose(f);
+  }
+  if (d) closedir(d);
+  lua_pushinteger(L, n);
+  return 1;
+}
+
 static int t_getpid(lua_State *L) {
   lua_pushinteger(L, getpid());
   return 1;
@@ -93,6 +118,7 @@ __attribute__((visibility("default"))) int luaopen_testsupport(lua_State *L) {
                                {"free_port", t_free_port},
                                {"close", t_close},
                                {"threads", t_threads},
+                               {"threads_named", t_threads_named},
                                {NULL, NULL}};
   luaL_newlib(L, f);
   return 1;

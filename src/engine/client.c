@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 /*
  * Client, channels, pump thread and unary calls over gRPC's C core.
  * No lua.h here: see engine.h.
@@ -126,10 +127,14 @@ void ec_client_unref(ec_client *c) {
 
 static void *pump_main(void *arg) {
   ec_client *c = arg;
+  /* named, so tools (and the specs) can tell our threads from gRPC's */
+  pthread_setname_np(pthread_self(), "lua-etcd-pump");
   for (;;) {
     /* The completion queue's deadline is the keep-alive timer. */
     pthread_mutex_lock(&c->mu);
     gpr_timespec dl = ec_ka_deadline_locked(c);
+    gpr_timespec wdl = ec_wm_deadline_locked(c);
+    if (gpr_time_cmp(wdl, dl) < 0) dl = wdl;
     pthread_mutex_unlock(&c->mu);
     grpc_event ev = grpc_completion_queue_next(c->cq, dl, NULL);
     if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
@@ -138,6 +143,7 @@ static void *pump_main(void *arg) {
       t->done(t, ev.success);
     }
     ec_ka_tick(c);
+    ec_wm_tick(c);
   }
   return NULL;
 }
@@ -311,6 +317,7 @@ void ec_client_close(ec_client *c) {
   }
   ec_streams_cancel_all(c);
   ec_ka_close_all_locked(c);
+  ec_wm_close_all_locked(c);
   pthread_mutex_unlock(&c->mu);
   /* Pending connectivity watches complete when their channel is destroyed. */
   for (size_t i = 0; i < c->nchan; i++)
@@ -333,6 +340,7 @@ void ec_client_close(ec_client *c) {
     c->cq = NULL;
   }
   ec_ka_free(c);
+  ec_wm_free(c);
   ec_signal(c); /* wake any waiter: it will find the client closed */
 }
 

@@ -132,4 +132,34 @@ int ec_keepalive_state(ec_lease *l, uint64_t *seq, ec_ka_response *latest,
 void ec_keepalive_release(ec_lease *l);
 size_t ec_client_nkeepalives(ec_client *c);
 
+/* ---- watch ------------------------------------------------------------
+ * Every watch of a client shares one Watch stream, demultiplexed by
+ * watch_id. Creates are sent one at a time (a failed create is answered with
+ * id -1). Responses are queued per watch as bytes (fragments joined); a queue
+ * over its bound gets the watch cancelled on the server and re-created from
+ * its next revision once Lua drained it. When the stream breaks, every watch
+ * is re-created from the revision after the last one it received. */
+
+typedef struct ec_watch ec_watch;
+enum { EC_W_LIVE = 0, EC_W_ENDED = 1, EC_W_CLOSED = 2 };
+
+/* `create` is a packed WatchCreateRequest without start_revision;
+ * `start_revision` 0: from now. */
+ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
+                         int64_t start_revision, char *err, size_t errlen);
+/* Oldest queued response: 1 with *data (free() it), 0 none yet, -1 none
+ * and the watch is no longer live (see ec_watch_state). */
+int ec_watch_read(ec_watch *w, char **data, size_t *len);
+/* EC_W_*; for ENDED, *compact_revision and `reason` (etcd's cancel reason). */
+int ec_watch_state(ec_watch *w, int64_t *compact_revision, char *reason,
+                   size_t reasonlen);
+size_t ec_watch_queued(ec_watch *w);
+/* 1 once etcd confirmed the watch, 0 before, -1 if it ended first. */
+int ec_watch_created(ec_watch *w);
+/* Cancel on the server (if live) and drop the caller's reference. */
+void ec_watch_release(ec_watch *w);
+/* Send a WatchProgressRequest on the watch stream; 0 when there is none. */
+int ec_watch_request_progress(ec_client *c);
+size_t ec_client_nwatches(ec_client *c);
+
 #endif

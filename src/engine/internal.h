@@ -37,6 +37,16 @@ typedef struct ec_ka {
   size_t n;
 } ec_ka;
 
+/* The watch manager (watch.c), driven by the pump thread. */
+typedef struct ec_watch ec_watch;
+typedef struct ec_wm {
+  ec_stream *stream;
+  int stream_ended;
+  gpr_timespec reopen_at;
+  ec_watch *watches; /* singly linked */
+  ec_watch *creating; /* the create in flight, if any */
+} ec_wm;
+
 struct ec_client {
   atomic_int refs;
   pthread_mutex_t mu;
@@ -54,6 +64,7 @@ struct ec_client {
   ec_stream *streams; /* doubly linked list of live streams */
   size_t nstreams;
   ec_ka ka;
+  ec_wm wm;
 };
 
 /* A consumer of a stream inside the engine (called by the pump thread with
@@ -81,6 +92,10 @@ void ec_ka_tick(ec_client *c);
 void ec_ka_close_all_locked(ec_client *c);
 /* After the pump stopped: drop the manager's references. */
 void ec_ka_free(ec_client *c);
+gpr_timespec ec_wm_deadline_locked(ec_client *c);
+void ec_wm_tick(ec_client *c);
+void ec_wm_close_all_locked(ec_client *c);
+void ec_wm_free(ec_client *c);
 
 gpr_timespec ec_deadline_in(int64_t ms);
 /* Wake whoever waits on the client's eventfd. */

@@ -97,8 +97,11 @@ static msg *msg_from_buffer(grpc_byte_buffer *bb) {
 }
 
 /* With c->mu held: start the next batch a stream needs, if it can. */
+/* No batch may start once the client is closing: its completion queue is
+ * shutting down, and gRPC aborts on a batch started there. */
 static void start_send_locked(ec_stream *s) {
-  if (s->sending || s->ended || s->status_in || !s->call) return;
+  if (s->sending || s->ended || s->status_in || !s->call || s->client->closed)
+    return;
   grpc_op op;
   memset(&op, 0, sizeof op);
   msg *m = s->out.head;
@@ -126,6 +129,7 @@ static void start_send_locked(ec_stream *s) {
 }
 
 static void start_recv_locked(ec_stream *s) {
+  if (s->client->closed) return;
   grpc_op op;
   memset(&op, 0, sizeof op);
   op.op = GRPC_OP_RECV_MESSAGE;

@@ -1,0 +1,542 @@
+/*
+ * Watches driven by the pump thread: one Watch stream per client, shared by
+ * every watch and demultiplexed by watch_id; per-watch bounded queues of
+ * response bytes for Lua; re-creation after a break from the revision after
+ * the last one received, so no event is lost or repeated. No lua.h here.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "etcdserverpb/rpc.pb-c.h"
+#include "pbwalk.h"
+
+/* A watch whose queue passes either bound is cancelled on the server and
+ * re-created once Lua has drained it below half. */
+#define HIGH_COUNT 1024
+#define HIGH_BYTES ((size_t)8 << 20)
+#define REOPEN_MS 500
+#define MAX_DEPTH 64
+
+typedef struct wmsg {
+  struct wmsg *next;
+  size_t len;
+  char data[];
+} wmsg;
+
+enum {
+  S_PENDING,  /* a create is to be sent */
+  S_CREATING, /* create sent, waiting for `created` */
+  S_ACTIVE,   /* live on the server */
+  S_PAUSING,  /* cancelled by us (queue full), waiting for the ack */
+  S_PAUSED,   /* off the server until Lua drains the queue */
+  S_ENDED,    /* ended by etcd (compaction, failed create, ...) */
+  S_CLOSED    /* closed by the client */
+};
+
+struct ec_watch {
+  atomic_int refs; /* the caller's, and the manager's while in its list */
+  ec_client *client;
+  ec_watch *next;
+  int in_list;
+  int closing; /* released by the caller while its create was in flight */
+  char *create;
+  size_t create_len;
+  int64_t next_rev; /* where a re-creation starts; 0: from now */
+  int64_t watch_id;
+  int state;
+  wmsg *qh, *qt;
+  size_t qn, qbytes;
+  char *frag;
+  size_t frag_len;
+  int64_t compact_revision;
+  int created; /* etcd confirmed the first create */
+  char reason[256];
+};
+
+static const char *const WATCH_PATH = "/etcdserverpb.Watch/Watch";
+static const ec_metadata WATCH_MD[] = {{"hasleader", "true", 4}};
+
+static gpr_timespec after_ms(gpr_timespec t, int64_t ms) {
+  return gpr_time_add(t, gpr_time_from_millis(ms, GPR_TIMESPAN));
+}
+
+static void w_unref(ec_watch *w) {
+  if (atomic_fetch_sub(&w->refs, 1) != 1) return;
+  wmsg *m = w->qh;
+  while (m) {
+    wmsg *n = m->next;
+    free(m);
+    m = n;
+  }
+  free(w->frag);
+  free(w->create);
+  ec_client_unref(w->client);
+  free(w);
+}
+
+static int queue_push(ec_watch *w, const char *data, size_t len) {
+  wmsg *m = malloc(sizeof *m + len);
+  if (!m) return -1;
+  m->next = NULL;
+  m->len = len;
+  memcpy(m->data, data, len);
+  if (w->qt) w->qt->next = m;
+  else w->qh = m;
+  w->qt = m;
+  w->qn++;
+  w->qbytes += len;
+  return 0;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v) {
+  size_t n = 0;
+  do {
+    p[n] = (uint8_t)(v & 0x7f);
+    v >>= 7;
+    if (v) p[n] |= 0x80;
+    n++;
+  } while (v);
+  return n;
+}
+
+static void unlink_locked(ec_client *c, ec_watch *w) {
+  for (ec_watch **p = &c->wm.watches; *p; p = &(*p)->next)
+    if (*p == w) {
+      *p = w->next;
+      w->in_list = 0;
+      return;
+    }
+}
+
+/* ---- requests on the stream (c->mu held) ------------------------------ */
+
+static int send_cancel_locked(ec_client *c, ec_watch *w) {
+  if (!c->wm.stream || c->wm.stream_ended) return -1;
+  uint8_t buf[24], inner[12];
+  size_t in = 0;
+  inner[in++] = 0x08; /* watch_id, explicit even when 0 */
+  in += put_varint(inner + in, (uint64_t)w->watch_id);
+  size_t n = 0;
+  buf[n++] = 0x12; /* WatchRequest.cancel_request */
+  n += put_varint(buf + n, in);
+  memcpy(buf + n, inner, in);
+  return ec_stream_write_locked(c->wm.stream, buf, n + in);
+}
+
+static int send_create_locked(ec_client *c, ec_watch *w) {
+  uint8_t extra[12];
+  size_t xn = 0;
+  if (w->next_rev > 0) { /* start_revision; later fields win when merged */
+    extra[xn++] = 0x18;
+    xn += put_varint(extra + xn, (uint64_t)w->next_rev);
+  }
+  size_t inner = w->create_len + xn;
+  uint8_t hdr[12];
+  size_t hn = 0;
+  hdr[hn++] = 0x0a; /* WatchRequest.create_request */
+  hn += put_varint(hdr + hn, inner);
+  char *buf = malloc(hn + inner);
+  if (!buf) return -1;
+  memcpy(buf, hdr, hn);
+  memcpy(buf + hn, w->create, w->create_len);
+  memcpy(buf + hn + w->create_len, extra, xn);
+  int r = ec_stream_write_locked(c->wm.stream, buf, hn + inner);
+  free(buf);
+  return r;
+}
+
+/* Send the next create if none is in flight: creates go one at a time so
+ * that a failed one (answered with watch_id -1) is known. */
+static void next_create_locked(ec_client *c) {
+  if (!c->wm.stream || c->wm.stream_ended || c->wm.creating) return;
+  for (ec_watch *w = c->wm.watches; w; w = w->next) {
+    if (w->state != S_PENDING) continue;
+    if (send_create_locked(c, w) == 0) {
+      w->state = S_CREATING;
+      c->wm.creating = w;
+    }
+    return;
+  }
+}
+
+static void open_locked(ec_client *c, gpr_timespec now);
+
+static void maybe_resume_locked(ec_client *c, ec_watch *w) {
+  if (w->state == S_PAUSED && w->qn <= HIGH_COUNT / 2 &&
+      w->qbytes <= HIGH_BYTES / 2) {
+    w->state = S_PENDING;
+    /* The pump may be asleep with nothing to wait for: open the stream from
+     * here if there is none; the create's completion wakes the pump. */
+    if (!c->wm.stream) open_locked(c, gpr_now(GPR_CLOCK_MONOTONIC));
+    next_create_locked(c);
+  }
+}
+
+static void end_locked(ec_watch *w, int state, int64_t compact,
+                       const char *reason) {
+  w->state = state;
+  w->compact_revision = compact;
+  snprintf(w->reason, sizeof w->reason, "%s", reason ? reason : "");
+}
+
+/* ---- stream consumer (pump thread, c->mu held) ------------------------ */
+
+static ec_watch *find_live(ec_client *c, int64_t id) {
+  for (ec_watch *w = c->wm.watches; w; w = w->next)
+    if (w->watch_id == id && (w->state == S_ACTIVE || w->state == S_PAUSING))
+      return w;
+  return NULL;
+}
+
+/* Advance the resume point past what this (complete) response covers. */
+static void advance(ec_watch *w, const Etcdserverpb__WatchResponse *r) {
+  int64_t last = 0;
+  for (size_t i = 0; i < r->n_events; i++)
+    if (r->events[i]->kv && r->events[i]->kv->mod_revision > last)
+      last = r->events[i]->kv->mod_revision;
+  if (last) {
+    if (last + 1 > w->next_rev) w->next_rev = last + 1;
+  } else if (r->header && r->header->revision + 1 > w->next_rev) {
+    /* a progress notification: everything up to header.revision was sent */
+    w->next_rev = r->header->revision + 1;
+  }
+}
+
+static void deliver(ec_client *c, ec_watch *w, const char *data, size_t len) {
+  Etcdserverpb__WatchResponse *r =
+      etcdserverpb__watch_response__unpack(NULL, len, (const uint8_t *)data);
+  if (!r) return;
+  if (r->canceled) {
+    if (w->state == S_PAUSING) {
+      w->state = S_PAUSED;
+      maybe_resume_locked(c, w);
+    } else {
+      queue_push(w, data, len); /* Lua sees compact_revision and the reason */
+      end_locked(w, S_ENDED, r->compact_revision, r->cancel_reason);
+    }
+  } else {
+    advance(w, r);
+    queue_push(w, data, len);
+    if (w->state == S_ACTIVE &&
+        (w->qn > HIGH_COUNT || w->qbytes > HIGH_BYTES) &&
+        send_cancel_locked(c, w) == 0)
+      w->state = S_PAUSING;
+  }
+  etcdserverpb__watch_response__free_unpacked(r, NULL);
+}
+
+static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
+  ec_client *c = ud;
+  if (s != c->wm.stream) return;
+  if (ec_pb_check_depth(&etcdserverpb__watch_response__descriptor,
+                        (const uint8_t *)data, len, MAX_DEPTH) != EC_PB_OK) {
+    ec_stream_cancel_locked(s); /* unreadable: start over on a new stream */
+    return;
+  }
+  Etcdserverpb__WatchResponse *r =
+      etcdserverpb__watch_response__unpack(NULL, len, (const uint8_t *)data);
+  if (!r) {
+    ec_stream_cancel_locked(s);
+    return;
+  }
+  if (r->created) {
+    ec_watch *w = c->wm.creating;
+    c->wm.creating = NULL;
+    if (w) {
+      if (r->watch_id == -1 || r->canceled) {
+        end_locked(w, S_ENDED, r->compact_revision,
+                   *r->cancel_reason ? r->cancel_reason : "watch create failed");
+      } else {
+        w->watch_id = r->watch_id;
+        w->created = 1;
+        if (w->next_rev == 0 && r->header) w->next_rev = r->header->revision + 1;
+        w->state = S_ACTIVE;
+        if (w->closing) {
+          send_cancel_locked(c, w);
+          w->state = S_CLOSED;
+        }
+      }
+      if (w->closing) {
+        unlink_locked(c, w);
+        w_unref(w); /* the manager's reference; the caller's is gone */
+      }
+    }
+    next_create_locked(c);
+  } else if (r->watch_id == -1) {
+    /* An answer to a progress request: for every watch on the stream. */
+    for (ec_watch *w = c->wm.watches; w; w = w->next)
+      if (w->state == S_ACTIVE || w->state == S_PAUSING)
+        queue_push(w, data, len);
+  } else {
+    ec_watch *w = find_live(c, r->watch_id);
+    if (w && r->fragment) {
+      char *p = realloc(w->frag, w->frag_len + len);
+      if (p) {
+        memcpy(p + w->frag_len, data, len);
+        w->frag = p;
+        w->frag_len += len;
+      }
+    } else if (w && w->frag_len) {
+      /* the last fragment: concatenated messages merge into one response */
+      char *p = realloc(w->frag, w->frag_len + len);
+      if (p) {
+        memcpy(p + w->frag_len, data, len);
+        w->frag = p;
+        size_t n = w->frag_len + len;
+        w->frag_len = 0;
+        deliver(c, w, p, n);
+      }
+      free(w->frag);
+      w->frag = NULL;
+      w->frag_len = 0;
+    } else if (w) {
+      deliver(c, w, data, len);
+    }
+  }
+  etcdserverpb__watch_response__free_unpacked(r, NULL);
+}
+
+static void on_end(void *ud, ec_stream *s) {
+  ec_client *c = ud;
+  if (s == c->wm.stream) c->wm.stream_ended = 1;
+}
+
+static const ec_stream_hooks WATCH_HOOKS = {on_message, on_end};
+
+static void open_locked(ec_client *c, gpr_timespec now) {
+  char err[128];
+  /* Fail fast on a member that is down; the pump tries again. */
+  c->wm.stream = ec_stream_start_locked(c, WATCH_PATH, -1, -1, WATCH_MD, 1, 0,
+                                        &WATCH_HOOKS, c, err, sizeof err);
+  c->wm.stream_ended = 0;
+  c->wm.creating = NULL;
+  if (!c->wm.stream) c->wm.reopen_at = after_ms(now, REOPEN_MS);
+}
+
+static int needs_stream(int state) {
+  return state == S_PENDING || state == S_CREATING || state == S_ACTIVE ||
+         state == S_PAUSING || state == S_PAUSED;
+}
+
+/* ---- pump ------------------------------------------------------------- */
+
+gpr_timespec ec_wm_deadline_locked(ec_client *c) {
+  if (c->wm.stream && !c->wm.stream_ended)
+    return gpr_inf_future(GPR_CLOCK_MONOTONIC);
+  for (ec_watch *w = c->wm.watches; w; w = w->next)
+    if (w->state == S_PENDING) return c->wm.reopen_at;
+  return gpr_inf_future(GPR_CLOCK_MONOTONIC);
+}
+
+void ec_wm_tick(ec_client *c) {
+  ec_stream *dead = NULL;
+  pthread_mutex_lock(&c->mu);
+  if (c->closed || (!c->wm.watches && !c->wm.stream)) {
+    pthread_mutex_unlock(&c->mu);
+    return;
+  }
+  gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+  if (c->wm.stream && c->wm.stream_ended) {
+    dead = c->wm.stream;
+    c->wm.stream = NULL;
+    c->wm.stream_ended = 0;
+    c->wm.creating = NULL;
+    c->wm.reopen_at = after_ms(now, REOPEN_MS);
+    /* Every watch that was on the stream is created again from the revision
+     * after the last one it received; half-received fragments are dropped
+     * (their events come again). */
+    for (ec_watch *w = c->wm.watches; w; w = w->next) {
+      free(w->frag);
+      w->frag = NULL;
+      w->frag_len = 0;
+      if (w->state == S_CREATING || w->state == S_ACTIVE) w->state = S_PENDING;
+      else if (w->state == S_PAUSING) w->state = S_PAUSED;
+      if (w->closing) w->state = S_CLOSED;
+    }
+    /* watches released while their create was in flight: gone with it */
+    for (ec_watch **p = &c->wm.watches; *p;) {
+      ec_watch *w = *p;
+      if (w->closing) {
+        *p = w->next;
+        w->in_list = 0;
+        w_unref(w);
+      } else {
+        p = &w->next;
+      }
+    }
+  }
+  int live = 0;
+  for (ec_watch *w = c->wm.watches; w; w = w->next) live |= needs_stream(w->state);
+  if (!live && c->wm.stream && !c->wm.stream_ended) {
+    /* etcd 3.4 does not end a stream on half-close: cancel it */
+    ec_stream_cancel_locked(c->wm.stream);
+  } else if (live && !c->wm.stream && gpr_time_cmp(now, c->wm.reopen_at) >= 0) {
+    open_locked(c, now);
+  }
+  next_create_locked(c);
+  pthread_mutex_unlock(&c->mu);
+  if (dead) ec_stream_release(dead);
+}
+
+void ec_wm_close_all_locked(ec_client *c) {
+  for (ec_watch *w = c->wm.watches; w; w = w->next)
+    if (w->state != S_ENDED) end_locked(w, S_CLOSED, 0, "client closed");
+}
+
+void ec_wm_free(ec_client *c) {
+  ec_watch *w = c->wm.watches;
+  c->wm.watches = NULL;
+  c->wm.creating = NULL;
+  while (w) {
+    ec_watch *n = w->next;
+    w->in_list = 0;
+    w_unref(w);
+    w = n;
+  }
+  if (c->wm.stream) {
+    ec_stream *s = c->wm.stream;
+    c->wm.stream = NULL;
+    ec_stream_release(s);
+  }
+}
+
+/* ---- API (Lua's thread) ----------------------------------------------- */
+
+ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
+                         int64_t start_revision, char *err, size_t errlen) {
+  ec_watch *w = calloc(1, sizeof *w);
+  if (w) w->create = malloc(len ? len : 1);
+  if (!w || !w->create) {
+    if (w) free(w);
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  memcpy(w->create, create, len);
+  w->create_len = len;
+  w->next_rev = start_revision > 0 ? start_revision : 0;
+  w->watch_id = -1;
+  w->state = S_PENDING;
+  atomic_init(&w->refs, 2);
+  atomic_fetch_add(&c->refs, 1);
+  w->client = c;
+  pthread_mutex_lock(&c->mu);
+  if (c->closed) {
+    pthread_mutex_unlock(&c->mu);
+    snprintf(err, errlen, "client closed");
+    atomic_store(&w->refs, 1);
+    w_unref(w);
+    return NULL;
+  }
+  /* append: creates go out in the order watches were made */
+  ec_watch **p = &c->wm.watches;
+  while (*p) p = &(*p)->next;
+  *p = w;
+  w->in_list = 1;
+  if (!c->wm.stream) open_locked(c, gpr_now(GPR_CLOCK_MONOTONIC));
+  /* The create's completion wakes the pump, which then owns the rest. An
+   * ended stream is replaced by the pump, which its end already woke. */
+  next_create_locked(c);
+  pthread_mutex_unlock(&c->mu);
+  return w;
+}
+
+int ec_watch_read(ec_watch *w, char **data, size_t *len) {
+  ec_client *c = w->client;
+  pthread_mutex_lock(&c->mu);
+  wmsg *m = w->qh;
+  if (m) {
+    w->qh = m->next;
+    if (!w->qh) w->qt = NULL;
+    w->qn--;
+    w->qbytes -= m->len;
+    if (!c->closed) maybe_resume_locked(c, w);
+  }
+  int live = needs_stream(w->state);
+  pthread_mutex_unlock(&c->mu);
+  if (!m) return live ? 0 : -1;
+  char *p = malloc(m->len ? m->len : 1);
+  if (!p) {
+    free(m);
+    return -1;
+  }
+  memcpy(p, m->data, m->len);
+  *data = p;
+  *len = m->len;
+  free(m);
+  return 1;
+}
+
+int ec_watch_state(ec_watch *w, int64_t *compact_revision, char *reason,
+                   size_t reasonlen) {
+  ec_client *c = w->client;
+  pthread_mutex_lock(&c->mu);
+  int st = w->state == S_ENDED ? EC_W_ENDED
+           : w->state == S_CLOSED ? EC_W_CLOSED
+                                  : EC_W_LIVE;
+  *compact_revision = w->compact_revision;
+  snprintf(reason, reasonlen, "%s", w->reason);
+  pthread_mutex_unlock(&c->mu);
+  return st;
+}
+
+int ec_watch_created(ec_watch *w) {
+  pthread_mutex_lock(&w->client->mu);
+  int r = w->created ? 1 : (w->state == S_ENDED || w->state == S_CLOSED) ? -1 : 0;
+  pthread_mutex_unlock(&w->client->mu);
+  return r;
+}
+
+size_t ec_watch_queued(ec_watch *w) {
+  pthread_mutex_lock(&w->client->mu);
+  size_t n = w->qn;
+  pthread_mutex_unlock(&w->client->mu);
+  return n;
+}
+
+void ec_watch_release(ec_watch *w) {
+  ec_client *c = w->client;
+  int drop_manager = 0;
+  pthread_mutex_lock(&c->mu);
+  if (w->in_list) {
+    if (w->state == S_CREATING && !c->closed) {
+      w->closing = 1; /* cancelled once its id is known, then unlinked */
+    } else {
+      if ((w->state == S_ACTIVE || w->state == S_PAUSING) && !c->closed)
+        send_cancel_locked(c, w);
+      unlink_locked(c, w);
+      drop_manager = 1;
+    }
+  }
+  if (w->state != S_ENDED) end_locked(w, S_CLOSED, 0, "closed");
+  if (w->closing) w->state = S_CREATING; /* still waits for its id */
+  int live = 0;
+  for (ec_watch *x = c->wm.watches; x; x = x->next)
+    live |= needs_stream(x->state) && !x->closing;
+  if (!live && c->wm.stream && !c->wm.stream_ended && !c->closed)
+    ec_stream_cancel_locked(c->wm.stream);
+  pthread_mutex_unlock(&c->mu);
+  if (drop_manager) w_unref(w);
+  w_unref(w);
+}
+
+int ec_watch_request_progress(ec_client *c) {
+  static const uint8_t req[] = {0x1a, 0x00}; /* WatchRequest.progress_request */
+  pthread_mutex_lock(&c->mu);
+  int r = 0;
+  if (c->wm.stream && !c->wm.stream_ended && !c->closed)
+    r = ec_stream_write_locked(c->wm.stream, req, sizeof req) == 0;
+  pthread_mutex_unlock(&c->mu);
+  return r;
+}
+
+size_t ec_client_nwatches(ec_client *c) {
+  pthread_mutex_lock(&c->mu);
+  size_t n = 0;
+  for (ec_watch *w = c->wm.watches; w; w = w->next)
+    n += needs_stream(w->state) && !w->closing;
+  pthread_mutex_unlock(&c->mu);
+  return n;
+}
