@@ -717,6 +717,21 @@ static int l_pack(lua_State *L) {
   return 1;
 }
 
+/* A metatable with methods, __gc and (if given) __close; left on the stack. */
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                      lua_CFunction gc, lua_CFunction close) {
+  luaL_newmetatable(L, name);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__gc");
+  if (close) {
+    lua_pushcfunction(L, close);
+    lua_setfield(L, -2, "__close");
+  }
+}
+
 __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
   static const luaL_Reg client_methods[] = {
       {"close", l_close},     {"pollfd", l_pollfd}, {"_dial", l_dial},
@@ -740,49 +755,17 @@ __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
                                           {"cancel", c_cancel},
                                           {NULL, NULL}};
   pbconv_open(L);
-  luaL_newmetatable(L, CLIENT_MT);
-  luaL_newlib(L, client_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, l_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, l_close);
-  lua_setfield(L, -2, "__close");
+  new_class(L, CLIENT_MT, client_methods, l_gc, l_close);
   lua_pushcfunction(L, l_tostring);
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
-
-  luaL_newmetatable(L, STREAM_MT);
-  luaL_newlib(L, stream_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, s_close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, s_close);
-  lua_setfield(L, -2, "__close");
+  new_class(L, STREAM_MT, stream_methods, s_close, s_close);
   lua_pop(L, 1);
-
-  luaL_newmetatable(L, WATCH_MT);
-  luaL_newlib(L, watch_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, w_close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, w_close);
-  lua_setfield(L, -2, "__close");
+  new_class(L, WATCH_MT, watch_methods, w_close, w_close);
   lua_pop(L, 1);
-
-  luaL_newmetatable(L, KA_MT);
-  luaL_newlib(L, ka_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, k_close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, k_close);
-  lua_setfield(L, -2, "__close");
+  new_class(L, KA_MT, ka_methods, k_close, k_close);
   lua_pop(L, 1);
-
-  luaL_newmetatable(L, CALL_MT);
-  luaL_newlib(L, call_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, c_gc);
-  lua_setfield(L, -2, "__gc");
+  new_class(L, CALL_MT, call_methods, c_gc, NULL);
   lua_pop(L, 1);
 
   static const luaL_Reg funcs[] = {

@@ -390,6 +390,45 @@ int ec_client_wait(ec_client *c, int timeout_ms) {
 }
 
 /* ---------------------------------------------------------------------- */
+/* shared by unary calls and streams                                        */
+
+grpc_metadata *ec_md_copy(const ec_metadata *md, size_t n, int *ok) {
+  *ok = 1;
+  if (!n) return NULL;
+  grpc_metadata *out = calloc(n, sizeof *out);
+  if (!out) {
+    *ok = 0;
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++) {
+    out[i].key = grpc_slice_from_copied_string(md[i].key);
+    out[i].value = grpc_slice_from_copied_buffer(md[i].value, md[i].value_len);
+  }
+  return out;
+}
+
+void ec_md_free(grpc_metadata *md, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    grpc_slice_unref(md[i].key);
+    grpc_slice_unref(md[i].value);
+  }
+  free(md);
+}
+
+grpc_call *ec_create_call_locked(ec_client *c, int chan, const char *path,
+                                 int64_t timeout_ms, int *chosen) {
+  size_t ci = (chan >= 0 && (size_t)chan < c->nchan) ? (size_t)chan
+                                                     : ec_pick_channel(c);
+  *chosen = (int)ci;
+  grpc_slice method = grpc_slice_from_copied_string(path);
+  grpc_call *call = grpc_channel_create_call(
+      c->chans[ci].channel, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, method, NULL,
+      ec_deadline_in(timeout_ms), NULL);
+  grpc_slice_unref(method);
+  return call;
+}
+
+/* ---------------------------------------------------------------------- */
 /* unary calls                                                              */
 
 static void call_unref(ec_call *k) {
@@ -402,11 +441,7 @@ static void call_unref(ec_call *k) {
 
 /* Free what the batch used; the grpc_call itself is released by the caller. */
 static void batch_cleanup(ec_call *k) {
-  for (size_t i = 0; i < k->nsend_md; i++) {
-    grpc_slice_unref(k->send_md[i].key);
-    grpc_slice_unref(k->send_md[i].value);
-  }
-  free(k->send_md);
+  ec_md_free(k->send_md, k->nsend_md);
   k->send_md = NULL;
   k->nsend_md = 0;
   if (k->send_buf) grpc_byte_buffer_destroy(k->send_buf);
@@ -476,16 +511,10 @@ ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
   grpc_metadata_array_init(&k->trail_md);
   atomic_fetch_add(&c->refs, 1);
   k->client = c;
-  if (nmd) {
-    k->send_md = calloc(nmd, sizeof *k->send_md);
-    if (!k->send_md) goto fail_oom;
-    for (size_t i = 0; i < nmd; i++) {
-      k->send_md[i].key = grpc_slice_from_copied_string(md[i].key);
-      k->send_md[i].value =
-          grpc_slice_from_copied_buffer(md[i].value, md[i].value_len);
-    }
-    k->nsend_md = nmd;
-  }
+  int ok;
+  k->send_md = ec_md_copy(md, nmd, &ok);
+  if (!ok) goto fail_oom;
+  k->nsend_md = nmd;
   grpc_slice body = grpc_slice_from_copied_buffer(req, reqlen);
   k->send_buf = grpc_raw_byte_buffer_create(&body, 1);
   grpc_slice_unref(body);
@@ -496,14 +525,7 @@ ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
     snprintf(err, errlen, "client closed");
     goto fail;
   }
-  size_t ci = (chan >= 0 && (size_t)chan < c->nchan) ? (size_t)chan
-                                                     : ec_pick_channel(c);
-  k->chan = (int)ci;
-  grpc_slice method = grpc_slice_from_copied_string(path);
-  k->call = grpc_channel_create_call(c->chans[ci].channel, NULL,
-                                     GRPC_PROPAGATE_DEFAULTS, c->cq, method,
-                                     NULL, ec_deadline_in(timeout_ms), NULL);
-  grpc_slice_unref(method);
+  k->call = ec_create_call_locked(c, chan, path, timeout_ms, &k->chan);
   if (!k->call) {
     pthread_mutex_unlock(&c->mu);
     snprintf(err, errlen, "cannot create a gRPC call");

@@ -97,6 +97,14 @@ void ec_wm_tick(ec_client *c);
 void ec_wm_close_all_locked(ec_client *c);
 void ec_wm_free(ec_client *c);
 
+/* Copy metadata into a grpc_metadata array (NULL for none, or on OOM with
+ * *ok = 0); ec_md_free releases it. */
+grpc_metadata *ec_md_copy(const ec_metadata *md, size_t n, int *ok);
+void ec_md_free(grpc_metadata *md, size_t n);
+/* A call on channel `chan` (< 0: the client's choice), with c->mu held. */
+grpc_call *ec_create_call_locked(ec_client *c, int chan, const char *path,
+                                 int64_t timeout_ms, int *chosen);
+
 gpr_timespec ec_deadline_in(int64_t ms);
 /* Wake whoever waits on the client's eventfd. */
 void ec_signal(ec_client *c);

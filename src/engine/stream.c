@@ -154,11 +154,7 @@ static int finish_locked(ec_stream *s) {
 
 static void release_call(ec_stream *s) {
   /* after finish_locked() returned 1, outside the lock */
-  for (size_t i = 0; i < s->nsend_md; i++) {
-    grpc_slice_unref(s->send_md[i].key);
-    grpc_slice_unref(s->send_md[i].value);
-  }
-  free(s->send_md);
+  ec_md_free(s->send_md, s->nsend_md);
   s->send_md = NULL;
   s->nsend_md = 0;
   grpc_metadata_array_destroy(&s->recv_md);
@@ -273,32 +269,19 @@ ec_stream *ec_stream_start_locked(ec_client *c, const char *path,
   grpc_metadata_array_init(&s->trail_md);
   atomic_fetch_add(&c->refs, 1);
   s->client = c;
-  if (nmd) {
-    s->send_md = calloc(nmd, sizeof *s->send_md);
-    if (!s->send_md) {
-      snprintf(err, errlen, "out of memory");
-      goto fail;
-    }
-    for (size_t i = 0; i < nmd; i++) {
-      s->send_md[i].key = grpc_slice_from_copied_string(md[i].key);
-      s->send_md[i].value =
-          grpc_slice_from_copied_buffer(md[i].value, md[i].value_len);
-    }
-    s->nsend_md = nmd;
+  int ok;
+  s->send_md = ec_md_copy(md, nmd, &ok);
+  if (!ok) {
+    snprintf(err, errlen, "out of memory");
+    goto fail;
   }
+  s->nsend_md = nmd;
 
   if (c->closed) {
     snprintf(err, errlen, "client closed");
     goto fail;
   }
-  size_t ci = (chan >= 0 && (size_t)chan < c->nchan) ? (size_t)chan
-                                                     : ec_pick_channel(c);
-  s->chan = (int)ci;
-  grpc_slice method = grpc_slice_from_copied_string(path);
-  s->call = grpc_channel_create_call(c->chans[ci].channel, NULL,
-                                     GRPC_PROPAGATE_DEFAULTS, c->cq, method,
-                                     NULL, ec_deadline_in(timeout_ms), NULL);
-  grpc_slice_unref(method);
+  s->call = ec_create_call_locked(c, chan, path, timeout_ms, &s->chan);
   if (!s->call) {
     snprintf(err, errlen, "cannot create a gRPC call");
     goto fail;
@@ -345,11 +328,7 @@ ec_stream *ec_stream_start_locked(ec_client *c, const char *path,
   return s;
 
 fail:
-  for (size_t i = 0; i < s->nsend_md; i++) {
-    grpc_slice_unref(s->send_md[i].key);
-    grpc_slice_unref(s->send_md[i].value);
-  }
-  free(s->send_md);
+  ec_md_free(s->send_md, s->nsend_md);
   grpc_metadata_array_destroy(&s->recv_md);
   grpc_metadata_array_destroy(&s->trail_md);
   grpc_slice_unref(s->details);
