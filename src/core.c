@@ -258,7 +258,8 @@ static size_t read_metadata(lua_State *L, int idx, ec_metadata *md) {
   return nmd;
 }
 
-/* client:_unary(method, request, seconds, metadata) -> call | nil, msg, code */
+/* client:_unary(method, request, seconds, metadata, endpoint_index)
+ *   -> call | nil, msg, code */
 static int l_unary(lua_State *L) {
   int nret;
   ec_client *c = live_client(L, &nret);
@@ -287,7 +288,8 @@ static int l_unary(lua_State *L) {
   h->out = m->output;
   luaL_setmetatable(L, CALL_MT);
   char err[256];
-  h->k = ec_unary_start(c, path, req, reqlen, ms, -1, md, nmd, err, sizeof err);
+  int chan = (int)luaL_optinteger(L, 6, 0) - 1; /* 1-based; 0/nil: any */
+  h->k = ec_unary_start(c, path, req, reqlen, ms, chan, md, nmd, err, sizeof err);
   if (!h->k)
     return push_fail(L, err,
                      ec_client_closed(c) ? "closed" : "INTERNAL");

@@ -14,6 +14,7 @@ local kv = require "etcd.kv"
 local txn = require "etcd.txn"
 local lease = require "etcd.lease"
 local watch = require "etcd.watch"
+local cluster = require "etcd.cluster"
 
 local etcd = {
   version = core.version,
@@ -116,11 +117,12 @@ function Client:endpoints()
   return t
 end
 
--- Start a unary call and wait for its result.
-function Client:_call(method, req, timeout)
+-- Start a unary call and wait for its result. `chan`: 1-based index of the
+-- endpoint to use (nil: the client's choice).
+function Client:_call(method, req, timeout, chan)
   timeout = timeout or self._timeout
   local c = self._core
-  local h, msg, code = c:_unary(method, req, timeout, self._md)
+  local h, msg, code = c:_unary(method, req, timeout, self._md, chan)
   if not h then return errors.fail(msg, code) end
   return wait.call(c, h, timeout)
 end
@@ -219,6 +221,7 @@ end
 
 lease.install(Client)
 watch.install(Client)
+cluster.install(Client)
 
 etcd.Client = Client
 return etcd

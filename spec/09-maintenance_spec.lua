@@ -1,0 +1,128 @@
+-- Cluster membership and maintenance calls, against a real three-member cluster.
+local helpers = require "helpers"
+local etcd = require "etcd"
+
+describe("cluster and maintenance", function()
+  local cluster, cli
+  setup(function()
+    cluster = helpers.start_cluster(3)
+    cli = assert(etcd.new { endpoints = cluster.endpoints })
+  end)
+  teardown(function()
+    if cli then cli:close() end
+    if cluster then cluster:stop() end
+  end)
+
+  it("member_list: the seed's listing of IDs, names and URLs", function()
+    local res = assert(cli:member_list())
+    assert.equal(3, #res.members)
+    local names, clients = {}, {}
+    for _, m in ipairs(res.members) do
+      assert.is_true(math.type(m.id) == "integer" and m.id ~= 0)
+      assert.is_false(m.is_learner)
+      names[m.name] = true
+      clients[m.client_urls[1]] = true
+      assert.matches("^http://127%.0%.0%.1:%d+$", m.peer_urls[1])
+    end
+    for _, m in ipairs(cluster.members) do
+      assert.is_true(names[m.name], m.name)
+      assert.is_true(clients[m.client_url], m.client_url)
+    end
+    -- etcdctl sees the same members, in its hex form of the ids
+    local ok, out = helpers.etcdctl(cluster, "member", "list")
+    assert.is_true(ok)
+    for _, m in ipairs(res.members) do assert.matches(("%x"):format(m.id), out, 1, true) end
+  end)
+
+  it("member_add as a learner, member_update, member_remove", function()
+    local port = helpers.pick_ports(1)[1]
+    local url = "http://127.0.0.1:" .. port
+    -- etcd refuses membership changes until its members have been connected
+    -- for its health interval (5 s): "etcdserver: unhealthy cluster"
+    local added, msg0
+    for _ = 1, 80 do
+      added, msg0 = cli:member_add({ url }, { is_learner = true })
+      if added or not tostring(msg0):find("unhealthy cluster", 1, true) then break end
+      helpers.sleep(0.25)
+    end
+    assert(added, msg0)
+    assert.is_true(added.member.is_learner)
+    assert.same({ url }, added.member.peer_urls)
+    assert.equal(4, #added.members)
+    local id = added.member.id
+    -- a learner that never started cannot be promoted: etcd says why
+    local res, msg, code = cli:member_promote(id)
+    assert.is_nil(res)
+    assert.matches("learner", msg)
+    assert.equal("FAILED_PRECONDITION", code)
+    local url2 = "http://127.0.0.1:" .. helpers.pick_ports(1)[1]
+    local up = assert(cli:member_update(id, { url2 }))
+    local found
+    for _, m in ipairs(up.members) do if m.id == id then found = m end end
+    assert.same({ url2 }, found.peer_urls)
+    assert.equal(3, #assert(cli:member_remove(id)).members)
+    res, msg, code = cli:member_remove(id)
+    assert.is_nil(res)
+    assert.equal("NOT_FOUND", code)
+    assert.matches("member not found", msg)
+  end)
+
+  it("status of each member, and exactly one leader", function()
+    local leaders = {}
+    for _, m in ipairs(cluster.members) do
+      local st = assert(cli:status(m.endpoint))
+      assert.matches("^3%.4%.", st.version)
+      assert.is_true(st.db_size > 0)
+      assert.is_true(st.raft_index > 0)
+      leaders[st.leader] = true
+    end
+    local n = 0
+    for _ in pairs(leaders) do n = n + 1 end
+    assert.equal(1, n)
+  end)
+
+  it("alarm_list is empty on a healthy cluster; disarming nothing is harmless", function()
+    local res = assert(cli:alarm_list())
+    assert.same({}, res.alarms)
+    local id = assert(cli:status(cluster.members[1].endpoint)).header.member_id
+    assert(cli:alarm_disarm { member_id = id, alarm = "nospace" })
+  end)
+
+  it("defragment and hash_kv: every member holds the same data", function()
+    local p = assert(cli:put("maint/a", "1"))
+    local hashes = {}
+    for _, m in ipairs(cluster.members) do
+      assert(cli:defragment(m.endpoint, { timeout = 30 }))
+      local h = assert(cli:hash_kv(m.endpoint, p.header.revision))
+      hashes[#hashes + 1] = h.hash
+    end
+    assert.equal(hashes[1], hashes[2])
+    assert.equal(hashes[1], hashes[3])
+  end)
+
+  it("move_leader hands leadership to another member", function()
+    local st = assert(cli:status(cluster.members[1].endpoint))
+    local target
+    for _, m in ipairs(assert(cli:member_list()).members) do
+      if m.id ~= st.leader then target = m.id break end
+    end
+    assert(cli:move_leader(target, { timeout = 30 }))
+    local now
+    for _ = 1, 50 do
+      now = assert(cli:status(cluster.members[1].endpoint)).leader
+      if now == target then break end
+      helpers.sleep(0.1)
+    end
+    assert.equal(target, now)
+  end)
+
+  it("misuse raises", function()
+    assert.has_error(function() cli:status("127.0.0.1:1") end,
+      'status: bad argument #1 (endpoint): "127.0.0.1:1" is not one of the client\'s endpoints')
+    assert.has_error(function() cli:member_add("http://x:1") end,
+      "member_add: bad argument #1 (peer_urls): list of URLs expected")
+    assert.has_error(function() cli:member_remove("1") end)
+    assert.has_error(function() cli:member_list { all = true } end, "member_list: unknown option 'all'")
+    assert.has_error(function() cli:alarm_disarm { member_id = 1, alarm = "fire" } end)
+  end)
+end)
