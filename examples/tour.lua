@@ -238,7 +238,14 @@ section "4. auth"
 not_yet("auth administration")
 
 section "5. cluster"
-not_yet("cluster member list")
+for _, member in ipairs(assert(cli:member_list()).members) do
+  print(("ID: %x | Name: %s | ClientURL: %s | PeerURL: %s"):format(member.id, member.name,
+    table.concat(member.client_urls, ","), table.concat(member.peer_urls, ",")))
+end
+-- cli:member_add({ "http://10.0.0.2:2380" }), cli:member_remove(id),
+-- cli:member_update(id, { peer urls }) change the membership.
+local st = assert(cli:status(cli:endpoints()[1]))
+print(("status of %s: etcd %s, leader %x, db %d bytes"):format(cli:endpoints()[1], st.version, st.leader, st.db_size))
 
 section "6.1 concurrency: lock and try-lock"
 not_yet("mutex lock and try-lock")
