@@ -267,6 +267,12 @@ static int l_unary(lua_State *L) {
   const char *mname = luaL_checkstring(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
   int64_t ms = opt_ms(L, 4, 10000);
+  /* 1-based endpoint index; 0/nil: the client chooses. Read before anything
+   * is pushed: the stack grows below. */
+  lua_Integer ci = luaL_optinteger(L, 6, 0);
+  if (ci < 0 || ci > 64) return luaL_argerror(L, 6, "endpoint index out of range");
+  int chan = (int)ci - 1;
+  lua_settop(L, 6);
   for (size_t i = 0; i < sizeof streaming / sizeof *streaming; i++)
     if (!strcmp(mname, streaming[i]))
       return luaL_argerror(L, 2, "streaming method: not a unary call");
@@ -288,7 +294,6 @@ static int l_unary(lua_State *L) {
   h->out = m->output;
   luaL_setmetatable(L, CALL_MT);
   char err[256];
-  int chan = (int)luaL_optinteger(L, 6, 0) - 1; /* 1-based; 0/nil: any */
   h->k = ec_unary_start(c, path, req, reqlen, ms, chan, md, nmd, err, sizeof err);
   if (!h->k)
     return push_fail(L, err,
@@ -564,8 +569,10 @@ typedef struct lwatch {
   ec_watch *w;
 } lwatch;
 
-/* client:_watch(create_request, start_revision) -> watch | nil, msg, code
- * create_request: a WatchCreateRequest table without start_revision. */
+/* client:_watch(create_request, start_revision, join_fragments)
+ *   -> watch | nil, msg, code
+ * create_request: a WatchCreateRequest table without start_revision and
+ * fragment. */
 static int l_watch(lua_State *L) {
   int nret;
   ec_client *c = live_client(L, &nret);
@@ -579,7 +586,8 @@ static int l_watch(lua_State *L) {
   u->w = NULL;
   luaL_setmetatable(L, WATCH_MT);
   char err[128];
-  u->w = ec_watch_start(c, req, len, (int64_t)rev, err, sizeof err);
+  u->w = ec_watch_start(c, req, len, (int64_t)rev, lua_toboolean(L, 4), err,
+                        sizeof err);
   if (!u->w) return push_fail(L, err, ec_client_closed(c) ? "closed" : "INTERNAL");
   return 1;
 }

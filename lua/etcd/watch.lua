@@ -146,8 +146,8 @@ function M.install(Client)
     local k, e = r.key, r.range_end
     if self._ns ~= "" then k, e = kv.ns_range(self._ns, k, e) end
     local req = { key = k, range_end = e, prev_kv = o.prev_kv, progress_notify = o.progress_notify,
-                  filters = filters, fragment = o.fragment }
-    local h, msg, code = self._core:_watch(req, o.start_revision)
+                  filters = filters }
+    local h, msg, code = self._core:_watch(req, o.start_revision, o.fragment)
     if not h then return errors.fail(msg, code) end
     local w = setmetatable({ _h = h, _cli = self, _timeout = o.timeout, _ns = self._ns, key = key }, Watch)
     -- Return once etcd has created the watch, so that every change made after

@@ -143,10 +143,12 @@ size_t ec_client_nkeepalives(ec_client *c);
 typedef struct ec_watch ec_watch;
 enum { EC_W_LIVE = 0, EC_W_ENDED = 1, EC_W_CLOSED = 2 };
 
-/* `create` is a packed WatchCreateRequest without start_revision;
- * `start_revision` 0: from now. */
+/* `create` is a packed WatchCreateRequest without start_revision and
+ * fragment; `start_revision` 0: from now; `join_fragments`: deliver a
+ * fragmented response joined into one (else piece by piece). */
 ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
-                         int64_t start_revision, char *err, size_t errlen);
+                         int64_t start_revision, int join_fragments, char *err,
+                         size_t errlen);
 /* Oldest queued response: 1 with *data (free() it), 0 none yet, -1 none
  * and the watch is no longer live (see ec_watch_state). */
 int ec_watch_read(ec_watch *w, char **data, size_t *len);

@@ -3,6 +3,13 @@
  * every watch and demultiplexed by watch_id; per-watch bounded queues of
  * response bytes for Lua; re-creation after a break from the revision after
  * the last one received, so no event is lost or repeated. No lua.h here.
+ *
+ * Creates always ask etcd for fragments, so that a catch-up from history
+ * (etcd 3.4 puts up to 1000 revisions in one response) arrives in pieces the
+ * queue bound can count; pieces go to Lua as responses of their own unless
+ * the caller asked for `fragment`, which joins them. A re-create resumes at
+ * the revision of the last event delivered and drops the events of that
+ * revision it delivered already, so a pause may fall inside a revision.
  */
 #include "internal.h"
 
@@ -44,7 +51,13 @@ struct ec_watch {
   int closing; /* released by the caller while its create was in flight */
   char *create;
   size_t create_len;
-  int64_t next_rev; /* where a re-creation starts; 0: from now */
+  int join_fragments; /* the caller asked for `fragment`: join the pieces */
+  /* Where a re-creation starts: revision resume_rev, whose first resume_skip
+   * events were delivered already (events of one revision replay in the same
+   * order). resume_rev 0: from now. */
+  int64_t resume_rev;
+  size_t resume_skip;
+  size_t skip_left; /* events at resume_rev still to drop after a re-create */
   int64_t watch_id;
   int state;
   wmsg *qh, *qt;
@@ -127,12 +140,17 @@ static int send_cancel_locked(ec_client *c, ec_watch *w) {
 }
 
 static int send_create_locked(ec_client *c, ec_watch *w) {
-  uint8_t extra[12];
+  uint8_t extra[16];
   size_t xn = 0;
-  if (w->next_rev > 0) { /* start_revision; later fields win when merged */
+  if (w->resume_rev > 0) { /* start_revision; later fields win when merged */
     extra[xn++] = 0x18;
-    xn += put_varint(extra + xn, (uint64_t)w->next_rev);
+    xn += put_varint(extra + xn, (uint64_t)w->resume_rev);
   }
+  /* fragment = true, always: etcd then splits a huge response (a catch-up
+   * from history holds up to 1000 revisions) into pieces near its request
+   * limit, which the queue bound can count. */
+  extra[xn++] = 0x40;
+  extra[xn++] = 0x01;
   size_t inner = w->create_len + xn;
   uint8_t hdr[12];
   size_t hn = 0;
@@ -145,6 +163,7 @@ static int send_create_locked(ec_client *c, ec_watch *w) {
   memcpy(buf + hn + w->create_len, extra, xn);
   int r = ec_stream_write_locked(c->wm.stream, buf, hn + inner);
   free(buf);
+  if (r == 0) w->skip_left = w->resume_skip;
   return r;
 }
 
@@ -191,20 +210,29 @@ static ec_watch *find_live(ec_client *c, int64_t id) {
   return NULL;
 }
 
-/* Advance the resume point past what this (complete) response covers. */
+/* Account for the events of one delivered response. */
 static void advance(ec_watch *w, const Etcdserverpb__WatchResponse *r) {
-  int64_t last = 0;
-  for (size_t i = 0; i < r->n_events; i++)
-    if (r->events[i]->kv && r->events[i]->kv->mod_revision > last)
-      last = r->events[i]->kv->mod_revision;
-  if (last) {
-    if (last + 1 > w->next_rev) w->next_rev = last + 1;
-  } else if (r->header && r->header->revision + 1 > w->next_rev) {
+  for (size_t i = 0; i < r->n_events; i++) {
+    if (!r->events[i]->kv) continue;
+    int64_t rev = r->events[i]->kv->mod_revision;
+    if (rev > w->resume_rev) {
+      w->resume_rev = rev;
+      w->resume_skip = 1;
+    } else if (rev == w->resume_rev) {
+      w->resume_skip++;
+    }
+  }
+  if (!r->n_events && !r->fragment && r->header &&
+      r->header->revision + 1 > w->resume_rev) {
     /* a progress notification: everything up to header.revision was sent */
-    w->next_rev = r->header->revision + 1;
+    w->resume_rev = r->header->revision + 1;
+    w->resume_skip = 0;
+    w->skip_left = 0;
   }
 }
 
+/* Queue one response (a whole one, or a piece of a fragmented one) for Lua,
+ * dropping the events a re-created watch sends again. */
 static void deliver(ec_client *c, ec_watch *w, const char *data, size_t len) {
   Etcdserverpb__WatchResponse *r =
       etcdserverpb__watch_response__unpack(NULL, len, (const uint8_t *)data);
@@ -217,14 +245,40 @@ static void deliver(ec_client *c, ec_watch *w, const char *data, size_t len) {
       queue_push(w, data, len); /* Lua sees compact_revision and the reason */
       end_locked(w, S_ENDED, r->compact_revision, r->cancel_reason);
     }
+    etcdserverpb__watch_response__free_unpacked(r, NULL);
+    return;
+  }
+  size_t keep = r->n_events, first = 0;
+  while (w->skip_left && first < r->n_events && r->events[first]->kv &&
+         r->events[first]->kv->mod_revision == w->resume_rev) {
+    first++;
+    w->skip_left--;
+  }
+  w->skip_left = first < r->n_events ? 0 : w->skip_left;
+  keep -= first;
+  if (first && !keep) { /* all seen before: nothing to deliver */
+    etcdserverpb__watch_response__free_unpacked(r, NULL);
+    return;
+  }
+  if (first) {
+    Etcdserverpb__WatchResponse part = *r;
+    part.events = r->events + first;
+    part.n_events = keep;
+    size_t n = etcdserverpb__watch_response__get_packed_size(&part);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (buf) {
+      etcdserverpb__watch_response__pack(&part, buf);
+      advance(w, &part);
+      queue_push(w, (const char *)buf, n);
+      free(buf);
+    }
   } else {
     advance(w, r);
     queue_push(w, data, len);
-    if (w->state == S_ACTIVE &&
-        (w->qn > HIGH_COUNT || w->qbytes > HIGH_BYTES) &&
-        send_cancel_locked(c, w) == 0)
-      w->state = S_PAUSING;
   }
+  if (w->state == S_ACTIVE && (w->qn > HIGH_COUNT || w->qbytes > HIGH_BYTES) &&
+      send_cancel_locked(c, w) == 0)
+    w->state = S_PAUSING;
   etcdserverpb__watch_response__free_unpacked(r, NULL);
 }
 
@@ -252,7 +306,10 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
       } else {
         w->watch_id = r->watch_id;
         w->created = 1;
-        if (w->next_rev == 0 && r->header) w->next_rev = r->header->revision + 1;
+        if (w->resume_rev == 0 && r->header) {
+          w->resume_rev = r->header->revision + 1;
+          w->resume_skip = 0;
+        }
         w->state = S_ACTIVE;
         if (w->closing) {
           send_cancel_locked(c, w);
@@ -272,7 +329,9 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
         queue_push(w, data, len);
   } else {
     ec_watch *w = find_live(c, r->watch_id);
-    if (w && r->fragment) {
+    if (w && !w->join_fragments) {
+      deliver(c, w, data, len); /* pieces go to Lua as they come */
+    } else if (w && r->fragment) {
       char *p = realloc(w->frag, w->frag_len + len);
       if (p) {
         memcpy(p + w->frag_len, data, len);
@@ -406,7 +465,8 @@ void ec_wm_free(ec_client *c) {
 /* ---- API (Lua's thread) ----------------------------------------------- */
 
 ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
-                         int64_t start_revision, char *err, size_t errlen) {
+                         int64_t start_revision, int join_fragments, char *err,
+                         size_t errlen) {
   ec_watch *w = calloc(1, sizeof *w);
   if (w) w->create = malloc(len ? len : 1);
   if (!w || !w->create) {
@@ -416,7 +476,8 @@ ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
   }
   memcpy(w->create, create, len);
   w->create_len = len;
-  w->next_rev = start_revision > 0 ? start_revision : 0;
+  w->resume_rev = start_revision > 0 ? start_revision : 0;
+  w->join_fragments = join_fragments;
   w->watch_id = -1;
   w->state = S_PENDING;
   atomic_init(&w->refs, 2);
