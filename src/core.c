@@ -554,6 +554,30 @@ static int k_close(lua_State *L) {
   return 0;
 }
 
+/* client:_set_metadata{ key = value } for the streams the engine opens */
+static int l_set_metadata(lua_State *L) {
+  int nret;
+  ec_client *c = live_client(L, &nret);
+  if (!c) return nret;
+  ec_metadata md[MAX_METADATA];
+  size_t n = read_metadata(L, 2, md);
+  if (ec_client_set_metadata(c, md, n) != 0) return push_fail(L, "out of memory", "INTERNAL");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_need_auth(lua_State *L) {
+  lclient *u = check_client(L);
+  lua_pushboolean(L, u->c && ec_client_need_auth(u->c));
+  return 1;
+}
+
+static int l_auth_refreshed(lua_State *L) {
+  lclient *u = check_client(L);
+  if (u->c && !ec_client_closed(u->c)) ec_client_auth_refreshed(u->c);
+  return 0;
+}
+
 static int l_nkeepalives(lua_State *L) {
   lclient *u = check_client(L);
   lua_pushinteger(L, u->c ? (lua_Integer)ec_client_nkeepalives(u->c) : 0);
@@ -750,6 +774,8 @@ __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
       {"_nstreams", l_nstreams}, {"_keepalive", l_keepalive},
       {"_nkeepalives", l_nkeepalives}, {"_watch", l_watch},
       {"_request_progress", l_request_progress}, {"_nwatches", l_nwatches},
+      {"_set_metadata", l_set_metadata}, {"_need_auth", l_need_auth},
+      {"_auth_refreshed", l_auth_refreshed},
       {NULL, NULL}};
   static const luaL_Reg watch_methods[] = {
       {"read", w_read},       {"queued", w_queued}, {"close", w_close},

@@ -30,10 +30,11 @@ Client.__index = Client
 local NEW_OPTS = {
   endpoints = "table", dial_timeout = "seconds", timeout = "seconds",
   namespace = "string", max_send_size = "size", max_recv_size = "size",
+  user = "string", password = "string",
 }
 -- Options of DESIGN.md that later work adds; named here so that passing one
 -- says so instead of "unknown option".
-local NOT_YET = { tls = true, user = true, password = true, auto_sync_interval = true }
+local NOT_YET = { tls = true, auto_sync_interval = true }
 
 -- "host:port" or "http://host:port" -> gRPC target
 local function target_of(ep, i)
@@ -93,6 +94,23 @@ function etcd.new(opts)
         "UNAVAILABLE"
     end
   end
+  if (o.user == nil) ~= (o.password == nil) then
+    c:close()
+    check.fail("etcd.new: options 'user' and 'password' go together", 2)
+  end
+  if o.user then
+    -- The password stays in this closure: never in a field, a message or
+    -- tostring(cli).
+    local user, password = o.user, o.password
+    self._login = function(timeout)
+      return self:_call_plain("Auth.Authenticate", { name = user, password = password }, timeout, nil, true)
+    end
+    local ok, msg, code = self:_authenticate()
+    if not ok then
+      c:close()
+      return nil, msg, code
+    end
+  end
   return self
 end
 
@@ -118,13 +136,48 @@ function Client:endpoints()
 end
 
 -- Start a unary call and wait for its result. `chan`: 1-based index of the
--- endpoint to use (nil: the client's choice).
-function Client:_call(method, req, timeout, chan)
+-- endpoint to use (nil: the client's choice); `anonymous`: send no token.
+function Client:_call_plain(method, req, timeout, chan, anonymous)
   timeout = timeout or self._timeout
   local c = self._core
-  local h, msg, code = c:_unary(method, req, timeout, self._md, chan)
+  local h, msg, code = c:_unary(method, req, timeout, not anonymous and self._md or nil, chan)
   if not h then return errors.fail(msg, code) end
   return wait.call(c, h, timeout)
+end
+
+-- etcd's answers that mean "log in again": the simple token expired (it does
+-- after --auth-token-ttl unused), or the auth store changed since.
+local function auth_refusal(msg)
+  return msg and (msg:find("invalid auth token", 1, true) or msg:find("revision of auth store is old", 1, true)
+    or msg:find("user name is empty", 1, true)) ~= nil
+end
+
+-- Log in (again) with the client's user and password; the new token goes on
+-- every later call and on the streams the engine opens.
+function Client:_authenticate()
+  local res, msg, code = self._login()
+  if not res then return nil, msg, code end
+  self._md = { token = res.token }
+  self._core:_set_metadata(self._md)
+  self._core:_auth_refreshed()
+  return true
+end
+
+-- If etcd refused a watch for the token, log in again (from any wait).
+function Client:_check_auth()
+  if self._login and self._core:_need_auth() then self:_authenticate() end
+end
+
+-- A unary call; a call refused for the token is retried once after a new login.
+function Client:_call(method, req, timeout, chan)
+  local res, msg, code = self:_call_plain(method, req, timeout, chan)
+  if not res and self._login and auth_refusal(msg) then
+    local ok, m2, c2 = self:_authenticate()
+    if not ok then return nil, m2, c2 end
+    res, msg, code = self:_call_plain(method, req, timeout, chan)
+  end
+  if not res then return nil, msg, code end
+  return res
 end
 
 -- Send an op (etcd.op.*) and shape its result.

@@ -72,6 +72,7 @@ function Watch:_next(timeout)
       left = deadline - wait.now()
       if left <= 0 then return nil, "etcd: no watch response before the deadline", "timeout" end
     end
+    self._cli:_check_auth()
     if wait.block(c, left) == nil and not self._closed then
       -- the client closed: the engine marked the watch; read it once more
       resp = self._h:read()
@@ -153,7 +154,11 @@ function M.install(Client)
     -- Return once etcd has created the watch, so that every change made after
     -- cli:watch() returns is seen; a refused watch fails here.
     local limit = self._timeout
-    if not wait.until_ready(self._core, function() return h:created() ~= false end, limit) then
+    local function created()
+      self:_check_auth()
+      return h:created() ~= false
+    end
+    if not wait.until_ready(self._core, created, limit) then
       h:close()
       if self._core:_closed() then return nil, "etcd: client is closed", "closed" end
       return nil, ("etcd: watch not created within %gs"):format(limit), "timeout"

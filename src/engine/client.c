@@ -113,8 +113,17 @@ char *ec_dup_slice(grpc_slice s) {
   return p;
 }
 
+static void free_md(ec_metadata *md, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free((char *)md[i].key);
+    free((char *)md[i].value);
+  }
+  free(md);
+}
+
 void ec_client_unref(ec_client *c) {
   if (atomic_fetch_sub(&c->refs, 1) != 1) return;
+  free_md(c->md, c->nmd);
   for (size_t i = 0; i < c->nchan; i++) free(c->chans[i].target);
   free(c->chans);
   if (c->efd >= 0) close(c->efd);
@@ -362,6 +371,48 @@ int ec_client_fd(const ec_client *c) { return c->efd; }
 size_t ec_client_nchannels(const ec_client *c) { return c->nchan; }
 const char *ec_client_target(const ec_client *c, size_t i) {
   return i < c->nchan ? c->chans[i].target : NULL;
+}
+
+int ec_client_set_metadata(ec_client *c, const ec_metadata *md, size_t n) {
+  ec_metadata *copy = n ? calloc(n, sizeof *copy) : NULL;
+  if (n && !copy) return -1;
+  for (size_t i = 0; i < n; i++) {
+    char *k = strdup(md[i].key), *v = malloc(md[i].value_len + 1);
+    if (!k || !v) {
+      free(k);
+      free(v);
+      free_md(copy, i);
+      return -1;
+    }
+    memcpy(v, md[i].value, md[i].value_len);
+    v[md[i].value_len] = 0;
+    copy[i].key = k;
+    copy[i].value = v;
+    copy[i].value_len = md[i].value_len;
+  }
+  pthread_mutex_lock(&c->mu);
+  ec_metadata *old = c->md;
+  size_t nold = c->nmd;
+  c->md = copy;
+  c->nmd = n;
+  pthread_mutex_unlock(&c->mu);
+  free_md(old, nold);
+  return 0;
+}
+
+size_t ec_stream_md_locked(ec_client *c, const ec_metadata *extra, size_t nextra,
+                           ec_metadata *out, size_t max) {
+  size_t n = 0;
+  for (size_t i = 0; i < nextra && n < max; i++) out[n++] = extra[i];
+  for (size_t i = 0; i < c->nmd && n < max; i++) out[n++] = c->md[i];
+  return n;
+}
+
+int ec_client_need_auth(ec_client *c) {
+  pthread_mutex_lock(&c->mu);
+  int r = c->need_auth;
+  pthread_mutex_unlock(&c->mu);
+  return r;
 }
 
 size_t ec_client_inflight(ec_client *c) {

@@ -59,6 +59,15 @@ int ec_client_ready(ec_client *c);
 /* Wait until the pump signals or timeout_ms passes (<0: no limit).
  * Returns 1 signalled, 0 timed out, -1 closed or error. */
 int ec_client_wait(ec_client *c, int timeout_ms);
+/* Metadata every stream the engine opens by itself carries from now on (the
+ * auth token); copies it. 0, or -1 when out of memory. */
+int ec_client_set_metadata(ec_client *c, const ec_metadata *md, size_t n);
+/* 1 when etcd refused a watch create because of the token: log in again,
+ * set the new token, then call ec_client_auth_refreshed. */
+int ec_client_need_auth(ec_client *c);
+/* The token was renewed: the watch stream is opened again with it and the
+ * watches waiting for it are created. */
+void ec_client_auth_refreshed(ec_client *c);
 /* Number of calls in flight (for specs and leak checks). */
 size_t ec_client_inflight(ec_client *c);
 

@@ -65,7 +65,16 @@ struct ec_client {
   size_t nstreams;
   ec_ka ka;
   ec_wm wm;
+  /* metadata every stream the engine opens carries (the auth token) */
+  ec_metadata *md;
+  size_t nmd;
+  int need_auth; /* etcd refused a watch create for the token: Lua must log in */
 };
+
+/* Client metadata plus `extra`, into out[] (at most `max`); with c->mu held.
+ * Returns the count. */
+size_t ec_stream_md_locked(ec_client *c, const ec_metadata *extra, size_t nextra,
+                           ec_metadata *out, size_t max);
 
 /* A consumer of a stream inside the engine (called by the pump thread with
  * the client's mutex held): messages go to it instead of the Lua queue. */

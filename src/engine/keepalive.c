@@ -117,7 +117,9 @@ static void open_locked(ec_client *c, gpr_timespec now) {
   char err[128];
   /* Fail fast on a member that is down: the pump tries again in 500 ms on
    * whichever member is ready then, instead of waiting on this one. */
-  c->ka.stream = ec_stream_start_locked(c, KA_PATH, -1, -1, KA_MD, 1, 0,
+  ec_metadata md[8];
+  size_t nmd = ec_stream_md_locked(c, KA_MD, 1, md, 8);
+  c->ka.stream = ec_stream_start_locked(c, KA_PATH, -1, -1, md, nmd, 0,
                                         &KA_HOOKS, c, err, sizeof err);
   c->ka.stream_ended = 0;
   if (!c->ka.stream) {

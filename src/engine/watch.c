@@ -170,7 +170,8 @@ static int send_create_locked(ec_client *c, ec_watch *w) {
 /* Send the next create if none is in flight: creates go one at a time so
  * that a failed one (answered with watch_id -1) is known. */
 static void next_create_locked(ec_client *c) {
-  if (!c->wm.stream || c->wm.stream_ended || c->wm.creating) return;
+  if (!c->wm.stream || c->wm.stream_ended || c->wm.creating || c->need_auth)
+    return;
   for (ec_watch *w = c->wm.watches; w; w = w->next) {
     if (w->state != S_PENDING) continue;
     if (send_create_locked(c, w) == 0) {
@@ -202,6 +203,12 @@ static void end_locked(ec_watch *w, int state, int64_t compact,
 }
 
 /* ---- stream consumer (pump thread, c->mu held) ------------------------ */
+
+static int auth_refusal(const char *reason) {
+  return reason && (strstr(reason, "invalid auth token") ||
+                    strstr(reason, "revision of auth store is old") ||
+                    strstr(reason, "user name is empty"));
+}
 
 static ec_watch *find_live(ec_client *c, int64_t id) {
   for (ec_watch *w = c->wm.watches; w; w = w->next)
@@ -300,7 +307,14 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
     ec_watch *w = c->wm.creating;
     c->wm.creating = NULL;
     if (w) {
-      if (r->watch_id == -1 || r->canceled) {
+      if ((r->watch_id == -1 || r->canceled) && auth_refusal(r->cancel_reason) &&
+          !w->closing) {
+        /* etcd 3.4 keeps the stream but refuses new watches on it once the
+         * token expired or the auth store moved on: wait for a new token,
+         * then create it again on a new stream (ec_client_auth_refreshed). */
+        w->state = S_PENDING;
+        c->need_auth = 1;
+      } else if (r->watch_id == -1 || r->canceled) {
         end_locked(w, S_ENDED, r->compact_revision,
                    *r->cancel_reason ? r->cancel_reason : "watch create failed");
       } else {
@@ -368,7 +382,9 @@ static const ec_stream_hooks WATCH_HOOKS = {on_message, on_end};
 static void open_locked(ec_client *c, gpr_timespec now) {
   char err[128];
   /* Fail fast on a member that is down; the pump tries again. */
-  c->wm.stream = ec_stream_start_locked(c, WATCH_PATH, -1, -1, WATCH_MD, 1, 0,
+  ec_metadata md[8];
+  size_t nmd = ec_stream_md_locked(c, WATCH_MD, 1, md, 8);
+  c->wm.stream = ec_stream_start_locked(c, WATCH_PATH, -1, -1, md, nmd, 0,
                                         &WATCH_HOOKS, c, err, sizeof err);
   c->wm.stream_ended = 0;
   c->wm.creating = NULL;
@@ -591,6 +607,19 @@ int ec_watch_request_progress(ec_client *c) {
     r = ec_stream_write_locked(c->wm.stream, req, sizeof req) == 0;
   pthread_mutex_unlock(&c->mu);
   return r;
+}
+
+void ec_client_auth_refreshed(ec_client *c) {
+  pthread_mutex_lock(&c->mu);
+  if (c->need_auth) {
+    c->need_auth = 0;
+    /* the stream keeps the token it was opened with: open a new one; every
+     * watch on it is created again from where it stood */
+    if (c->wm.stream && !c->wm.stream_ended && !c->closed)
+      ec_stream_cancel_locked(c->wm.stream);
+    c->wm.reopen_at = gpr_now(GPR_CLOCK_MONOTONIC);
+  }
+  pthread_mutex_unlock(&c->mu);
 }
 
 size_t ec_client_nwatches(ec_client *c) {
