@@ -99,10 +99,14 @@ describe("etcd.new", function()
         'etcd.new: endpoints[1]: unsupported scheme in "ftp://h:1"')
     end)
     it("says which designed options are not implemented yet", function()
-      assert.has_error(function() etcd.new { endpoints = { srv.endpoint }, tls = {} } end,
-        "etcd.new: option 'tls' is not implemented yet")
-      assert.has_error(function() etcd.new { endpoints = { "https://" .. srv.endpoint } } end,
-        "etcd.new: endpoints[1]: https endpoints need TLS, which is not implemented yet")
+      assert.has_error(function() etcd.new { endpoints = { srv.endpoint }, auto_sync_interval = 30 } end,
+        "etcd.new: option 'auto_sync_interval' is not implemented yet")
+    end)
+
+    it("TLS against a plaintext port says it is a TLS problem", function()
+      local _, msg, code = etcd.new { endpoints = { "https://" .. srv.endpoint }, dial_timeout = 1 }
+      assert.equal("UNAVAILABLE", code)
+      assert.matches("TLS handshake", msg)
     end)
     it("reports the error at the caller's line", function()
       local ok, err = pcall(function() etcd.new { endpointz = {} } end)

@@ -117,7 +117,21 @@ static int l_new(lua_State *L) {
     targets[n++] = lua_tostring(L, -1); /* anchored by the targets table */
     lua_pop(L, 1);
   }
-  ec_config cfg = {targets, n, 0, 0};
+  ec_config cfg = {targets, n, 0, 0, 0, NULL, NULL, NULL, NULL};
+  /* tls = { ca =, cert =, key =, server_name = } as PEM text (Lua reads the
+   * files); the strings stay anchored by that table during the call. */
+  if (lua_getfield(L, 1, "tls") == LUA_TTABLE) {
+    cfg.tls = 1;
+    const char **dst[] = {&cfg.ca_pem, &cfg.cert_pem, &cfg.key_pem, &cfg.server_name};
+    const char *names[] = {"ca", "cert", "key", "server_name"};
+    for (int i = 0; i < 4; i++) {
+      if (lua_getfield(L, -1, names[i]) == LUA_TSTRING) *dst[i] = lua_tostring(L, -1);
+      lua_pop(L, 1);
+    }
+    if ((cfg.cert_pem == NULL) != (cfg.key_pem == NULL))
+      return luaL_argerror(L, 1, "tls: cert and key go together");
+  }
+  lua_pop(L, 1);
   lua_getfield(L, 1, "max_send_size");
   lua_getfield(L, 1, "max_recv_size");
   lua_Integer ss = luaL_optinteger(L, -2, 0), rs = luaL_optinteger(L, -1, 0);
@@ -258,7 +272,7 @@ static size_t read_metadata(lua_State *L, int idx, ec_metadata *md) {
   return nmd;
 }
 
-/* client:_unary(method, request, seconds, metadata, endpoint_index)
+/* client:_unary(method, request, seconds, metadata, endpoint_index, fail_fast)
  *   -> call | nil, msg, code */
 static int l_unary(lua_State *L) {
   int nret;
@@ -272,7 +286,8 @@ static int l_unary(lua_State *L) {
   lua_Integer ci = luaL_optinteger(L, 6, 0);
   if (ci < 0 || ci > 64) return luaL_argerror(L, 6, "endpoint index out of range");
   int chan = (int)ci - 1;
-  lua_settop(L, 6);
+  int fail_fast = lua_toboolean(L, 7);
+  lua_settop(L, 7);
   for (size_t i = 0; i < sizeof streaming / sizeof *streaming; i++)
     if (!strcmp(mname, streaming[i]))
       return luaL_argerror(L, 2, "streaming method: not a unary call");
@@ -294,7 +309,8 @@ static int l_unary(lua_State *L) {
   h->out = m->output;
   luaL_setmetatable(L, CALL_MT);
   char err[256];
-  h->k = ec_unary_start(c, path, req, reqlen, ms, chan, md, nmd, err, sizeof err);
+  h->k = ec_unary_start(c, path, req, reqlen, ms, chan, fail_fast, md, nmd, err,
+                        sizeof err);
   if (!h->k)
     return push_fail(L, err,
                      ec_client_closed(c) ? "closed" : "INTERNAL");

@@ -37,7 +37,8 @@ M.checkers = checkers
 -- (accepted names -> wire value). Returns the normalised value or raises.
 function M.value(v, kind, what, level)
   if type(kind) == "table" then
-    local w = type(v) == "string" and kind[v:lower()]
+    local w = nil
+    if type(v) == "string" then w = kind[v:lower()] end
     if w == nil then
       local names = {}
       for k in pairs(kind) do names[#names + 1] = ("%q"):format(k) end

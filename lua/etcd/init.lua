@@ -15,6 +15,7 @@ local txn = require "etcd.txn"
 local lease = require "etcd.lease"
 local watch = require "etcd.watch"
 local cluster = require "etcd.cluster"
+local auth = require "etcd.auth"
 
 local etcd = {
   version = core.version,
@@ -30,20 +31,19 @@ Client.__index = Client
 local NEW_OPTS = {
   endpoints = "table", dial_timeout = "seconds", timeout = "seconds",
   namespace = "string", max_send_size = "size", max_recv_size = "size",
-  user = "string", password = "string",
+  user = "string", password = "string", tls = "table",
 }
 -- Options of DESIGN.md that later work adds; named here so that passing one
 -- says so instead of "unknown option".
-local NOT_YET = { tls = true, auto_sync_interval = true }
+local NOT_YET = { auto_sync_interval = true }
+local TLS_OPTS = { ca = "string", cert = "string", key = "string", server_name = "string" }
 
--- "host:port" or "http://host:port" -> gRPC target
+-- "host:port", "http://host:port" or "https://host:port" -> gRPC target, scheme
 local function target_of(ep, i)
   local what = ("etcd.new: endpoints[%d]"):format(i)
   if type(ep) ~= "string" then check.fail(("%s: string expected, got %s"):format(what, type(ep)), 3) end
-  local rest = ep:match("^http://(.*)$") or ep
-  if ep:match("^https://") then
-    check.fail(what .. ": https endpoints need TLS, which is not implemented yet", 3)
-  end
+  local scheme = ep:match("^(https?)://")
+  local rest = ep:match("^https?://(.*)$") or ep
   rest = rest:gsub("/$", "")
   if rest:match("^%a[%w+.-]*://") then check.fail(("%s: unsupported scheme in %q"):format(what, ep), 3) end
   local host, port = rest:match("^(%[[%x:.]+%]):(%d+)$")
@@ -51,7 +51,20 @@ local function target_of(ep, i)
   if not host or tonumber(port) < 1 or tonumber(port) > 65535 then
     check.fail(("%s: \"host:port\" expected, got %q"):format(what, ep), 3)
   end
-  return host .. ":" .. port
+  return host .. ":" .. port, scheme
+end
+
+-- PEM text given inline, or read from a path.
+local function pem(v, name)
+  if v:find("-----BEGIN", 1, true) then return v end
+  local f, err = io.open(v, "rb")
+  if not f then check.fail(("etcd.new: option 'tls.%s': cannot read %s"):format(name, err), 4) end
+  local text = f:read("a")
+  f:close()
+  if not text or not text:find("-----BEGIN", 1, true) then
+    check.fail(("etcd.new: option 'tls.%s': %s holds no PEM data"):format(name, v), 4)
+  end
+  return text
 end
 
 --- Connect to etcd. Options: endpoints (list of "host:port" or
@@ -69,14 +82,33 @@ function etcd.new(opts)
   local eps = o.endpoints
   if not eps or #eps == 0 then check.fail("etcd.new: option 'endpoints' must list at least one endpoint", 2) end
   if #eps > 64 then check.fail("etcd.new: option 'endpoints' lists more than 64 endpoints", 2) end
-  local targets = {}
-  for i = 1, #eps do targets[i] = target_of(eps[i], i) end
+  local targets, schemes = {}, {}
+  for i = 1, #eps do
+    local t, sch = target_of(eps[i], i)
+    targets[i] = t
+    schemes[sch or "none"] = true
+  end
+  local tls
+  if o.tls or schemes.https then
+    if schemes.http then
+      check.fail("etcd.new: http:// endpoints cannot be used with TLS (https:// endpoints or option 'tls')", 2)
+    end
+    local t = check.options(o.tls, TLS_OPTS, "etcd.new: option 'tls'", 2)
+    if (t.cert == nil) ~= (t.key == nil) then
+      check.fail("etcd.new: options 'tls.cert' and 'tls.key' go together", 2)
+    end
+    tls = { server_name = t.server_name }
+    for _, k in ipairs { "ca", "cert", "key" } do
+      if t[k] then tls[k] = pem(t[k], k) end
+    end
+  end
   for k in pairs(eps) do
     if math.type(k) ~= "integer" or k < 1 or k > #eps then
       check.fail("etcd.new: option 'endpoints' must be a list", 2)
     end
   end
-  local c, msg, code = core.new { targets = targets, max_send_size = o.max_send_size, max_recv_size = o.max_recv_size }
+  local c, msg, code = core.new { targets = targets, max_send_size = o.max_send_size,
+                                  max_recv_size = o.max_recv_size, tls = tls }
   if not c then return nil, msg, code end
   local self = setmetatable({
     _core = c,
@@ -89,8 +121,22 @@ function etcd.new(opts)
   if dial > 0 then
     c:_dial(dial)
     if not wait.until_ready(c, function() return c:_ready() end, dial) then
+      -- gRPC keeps the reason with the channel: one call that fails fast
+      -- brings it out (refused, TLS handshake, ...).
+      local why = ""
+      local h = c:_unary("Maintenance.Status", {}, 1, nil, 1, true)
+      if h then
+        local _, m = wait.call(c, h, 1)
+        if m and m ~= "" then why = ": " .. m end
+      end
+      if why:find("Socket closed", 1, true) then
+        -- what a TLS port does to a plaintext client, and a plaintext port
+        -- to a TLS handshake
+        why = why .. (tls and " (closed during the TLS handshake: does the endpoint serve TLS?)"
+          or " (the server closed the connection: if it serves TLS, use an https:// endpoint or the tls option)")
+      end
       c:close()
-      return nil, ("etcd: no endpoint reachable within %gs (%s)"):format(dial, table.concat(targets, ", ")),
+      return nil, ("etcd: no endpoint reachable within %gs (%s)%s"):format(dial, table.concat(targets, ", "), why),
         "UNAVAILABLE"
     end
   end
@@ -156,9 +202,14 @@ end
 -- every later call and on the streams the engine opens.
 function Client:_authenticate()
   local res, msg, code = self._login()
-  if not res then return nil, msg, code end
-  self._md = { token = res.token }
-  self._core:_set_metadata(self._md)
+  if not res and msg and msg:find("authentication is not enabled", 1, true) then
+    -- auth is off (or was turned off): go on without a token, as Go does
+    res = { token = nil }
+  elseif not res then
+    return nil, msg, code
+  end
+  self._md = res.token and { token = res.token } or nil
+  self._core:_set_metadata(self._md or {})
   self._core:_auth_refreshed()
   return true
 end
@@ -275,6 +326,7 @@ end
 lease.install(Client)
 watch.install(Client)
 cluster.install(Client)
+auth.install(Client)
 
 etcd.Client = Client
 return etcd

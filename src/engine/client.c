@@ -254,7 +254,7 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
   for (size_t i = 0; i < c->nchan; i++)
     if (!(c->chans[i].target = strdup(cfg->targets[i]))) goto oom;
 
-  grpc_arg args[9];
+  grpc_arg args[10];
   int na = 0;
 #define INT_ARG(k, v)                                                          \
   do {                                                                         \
@@ -280,10 +280,36 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
   INT_ARG(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   INT_ARG(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
 #undef INT_ARG
+  if (cfg->tls && cfg->server_name) {
+    args[na].type = GRPC_ARG_STRING;
+    args[na].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+    args[na].value.string = (char *)cfg->server_name;
+    na++;
+  }
   grpc_channel_args chargs = {(size_t)na, args};
 
   c->cq = grpc_completion_queue_create_for_next(NULL);
-  grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+  grpc_channel_credentials *creds;
+  if (cfg->tls) {
+    /* Verification is always on: no option turns it off. */
+    grpc_ssl_pem_key_cert_pair pair = {cfg->key_pem, cfg->cert_pem};
+    creds = grpc_ssl_credentials_create(
+        cfg->ca_pem, cfg->cert_pem && cfg->key_pem ? &pair : NULL, NULL, NULL);
+  } else {
+    creds = grpc_insecure_credentials_create();
+  }
+  if (!creds) {
+    snprintf(err, errlen, "cannot create TLS credentials");
+    grpc_completion_queue_shutdown(c->cq);
+    while (grpc_completion_queue_next(c->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC),
+                                      NULL).type != GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(c->cq);
+    c->cq = NULL;
+    c->closed = 1;
+    ec_client_unref(c);
+    return NULL;
+  }
   for (size_t i = 0; i < c->nchan; i++) {
     ec_chan *ch = &c->chans[i];
     ch->tag.done = chan_watch_done;
@@ -546,8 +572,8 @@ static void unary_done(ec_tag *tag, int ok) {
 
 ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
                         size_t reqlen, int64_t timeout_ms, int chan,
-                        const ec_metadata *md, size_t nmd, char *err,
-                        size_t errlen) {
+                        int fail_fast, const ec_metadata *md, size_t nmd,
+                        char *err, size_t errlen) {
   ec_call *k = calloc(1, sizeof *k);
   if (!k) {
     snprintf(err, errlen, "out of memory");
@@ -588,7 +614,7 @@ ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
   ops[0].data.send_initial_metadata.count = k->nsend_md;
   ops[0].data.send_initial_metadata.metadata = k->send_md;
   /* Like etcd's Go client: wait for a connection rather than fail fast. */
-  ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY |
+  ops[0].flags = (fail_fast ? 0 : GRPC_INITIAL_METADATA_WAIT_FOR_READY) |
                  GRPC_INITIAL_METADATA_WAIT_FOR_READY_EXPLICITLY_SET;
   ops[1].op = GRPC_OP_SEND_MESSAGE;
   ops[1].data.send_message.send_message = k->send_buf;

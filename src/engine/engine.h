@@ -22,6 +22,10 @@ typedef struct ec_config {
   size_t ntargets;
   int max_send_size; /* bytes; 0: engine default */
   int max_recv_size; /* bytes; 0: engine default */
+  /* TLS: on when `tls`; PEM text; ca NULL: the system's roots; cert and key
+   * together or neither; server_name overrides the name checked. */
+  int tls;
+  const char *ca_pem, *cert_pem, *key_pem, *server_name;
 } ec_config;
 
 typedef struct ec_metadata {
@@ -72,11 +76,13 @@ void ec_client_auth_refreshed(ec_client *c);
 size_t ec_client_inflight(ec_client *c);
 
 /* Start a unary call. `chan` < 0 lets the client choose the channel.
+ * `fail_fast`: fail at once on a channel that cannot connect (its status then
+ * carries gRPC's last connection error) instead of waiting for it.
  * Returns NULL with err filled when the call cannot start. */
 ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
                         size_t reqlen, int64_t timeout_ms, int chan,
-                        const ec_metadata *md, size_t nmd, char *err,
-                        size_t errlen);
+                        int fail_fast, const ec_metadata *md, size_t nmd,
+                        char *err, size_t errlen);
 int ec_call_done(ec_call *k);
 void ec_call_cancel(ec_call *k);
 /* Results, valid once ec_call_done() is 1. */
