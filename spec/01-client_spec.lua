@@ -106,7 +106,7 @@ describe("etcd.new", function()
     it("TLS against a plaintext port says it is a TLS problem", function()
       local _, msg, code = etcd.new { endpoints = { "https://" .. srv.endpoint }, dial_timeout = 1 }
       assert.equal("UNAVAILABLE", code)
-      assert.matches("TLS handshake", msg)
+      assert.matches("closed the TLS connection", msg)
     end)
     it("reports the error at the caller's line", function()
       local ok, err = pcall(function() etcd.new { endpointz = {} } end)

@@ -22,12 +22,21 @@
 --   progress_notify_interval = "1s", name (a single server's name, default
 --   "member1"; for a cluster the prefix of name1..nameN), keep_data = false (default for stop), timeout = 30 (s to
 --   become healthy), attempts = 4 (port-race retries)
+--   tls = certs (helpers.make_certs()) or true (fresh certs): the client URLs
+--     become https://127.0.0.1:P and etcd gets --cert-file/--key-file (peer
+--     URLs stay http); client_cert_auth = true adds --trusted-ca-file and
+--     --client-cert-auth (etcd 3.4 requires client certificates whenever it
+--     has a trusted CA file); certs.client / certs.client_key are then what
+--     the harness's own etcdctl calls present
 --
 -- Server object (one member):
 --   srv.name, srv.endpoint ("127.0.0.1:P"), srv.endpoints ({srv.endpoint}),
 --   srv.client_url, srv.peer_url, srv.client_port, srv.peer_port,
 --   srv.dir (temp dir: data/, etcd.log, etcd.pid), srv.data_dir, srv.log_file,
 --   srv.pid (etcd's own pid, updated by restart)
+--   TLS servers also: srv.tls (the certs table), srv.client_cert_auth,
+--   srv.https_endpoint ("https://127.0.0.1:P"), srv.https_endpoints;
+--   srv.endpoint stays "127.0.0.1:P" and srv.client_url is the https:// URL
 --   srv:stop{keep_data=bool}  SIGTERM, ~5 s grace, SIGKILL; removes srv.dir
 --                             unless keep_data; idempotent
 --   srv:kill()                SIGKILL, keeps the data dir (fault tests)
@@ -39,11 +48,23 @@
 --   c.members[i] (server objects), c.endpoints, c.endpoint, c.token,
 --   c:stop{keep_data=bool}, c:kill(), c:restart(), c:wait_healthy(timeout),
 --   c:leader_index() (nil unless the running members agree on a running
---   leader), c:wait_leader(timeout) -> index, c:log_tail(n)
+--   leader), c:wait_leader(timeout) -> index, c:log_tail(n);
+--   with tls: c.tls, c.client_cert_auth, c.https_endpoints
 -- Free functions:
 --   helpers.etcdctl(target, [opts,] args...) -> ok, stdout, stderr
 --     target: server, cluster, "h:p[,h:p]" or {"h:p", ...};
---     opts: {stdin = "...", dial_timeout = "2s", command_timeout = "5s"}
+--     opts: {stdin = "...", dial_timeout = "2s", command_timeout = "5s",
+--            tls = certs | false, client_cert = bool}
+--     A TLS server or cluster is reached over https:// with --cacert (and
+--     --cert/--key when it has client_cert_auth) automatically; opts.tls
+--     overrides (false: plaintext), opts.client_cert forces --cert/--key on/off.
+--   helpers.make_certs([dir]) -> certs: a throw-away PKI made with openssl
+--     (EC P-256, valid 1 day), as file paths: certs.dir, certs.ca, certs.ca_key,
+--     certs.server, certs.server_key (SAN IP:127.0.0.1, DNS:localhost),
+--     certs.client, certs.client_key (CN lua-etcd-client), and an unrelated
+--     second CA: certs.other_ca, certs.other_ca_key, certs.other_client,
+--     certs.other_client_key. Without dir, a helpers.tmpdir().
+--     certs.files maps the file names ("ca.pem", ...) to paths too.
 --   helpers.tmpdir() -> path (removed by stop_all / when Lua dies)
 --   helpers.sleep(seconds), helpers.now() (wall clock, 10 ms), helpers.stop_all(),
 --   helpers.pick_ports(n), helpers.proc_running(pid[, comm]), helpers.lua_pid
@@ -293,17 +314,40 @@ local function endpoints_of(target)
   error("etcdctl: target must be a server, a cluster, a string or a list of endpoints", 3)
 end
 
+-- "h:p,h:p" -> "https://h:p,https://h:p" (endpoints with a scheme stay)
+local function with_https(eps)
+  local t = {}
+  for ep in eps:gmatch("[^,]+") do
+    if not ep:match("^%a[%w+.-]*://") then ep = "https://" .. ep end
+    t[#t + 1] = ep
+  end
+  return table.concat(t, ",")
+end
+
 -- helpers.etcdctl(target, [opts,] args...) -> ok, stdout, stderr
 function M.etcdctl(target, ...)
   local args = table.pack(...)
   local opts, first = {}, 1
   if type(args[1]) == "table" then opts, first = args[1], 2 end
-  local parts = {
-    "ETCDCTL_API=3", ETCDCTL,
-    "--endpoints=" .. q(endpoints_of(target)),
-    "--dial-timeout=" .. (opts.dial_timeout or "2s"),
-    "--command-timeout=" .. (opts.command_timeout or "5s"),
-  }
+  local eps = endpoints_of(target)
+  -- TLS: from opts.tls (false: none), else from a TLS server / cluster
+  local tls, client_cert = opts.tls, opts.client_cert
+  if tls == nil and type(target) == "table" then
+    tls = target.tls
+    if client_cert == nil then client_cert = target.client_cert_auth end
+  end
+  local parts = { "ETCDCTL_API=3", ETCDCTL }
+  if tls then
+    eps = with_https(eps)
+    parts[#parts + 1] = "--cacert=" .. q(tls.ca)
+    if client_cert then
+      parts[#parts + 1] = "--cert=" .. q(tls.client)
+      parts[#parts + 1] = "--key=" .. q(tls.client_key)
+    end
+  end
+  parts[#parts + 1] = "--endpoints=" .. q(eps)
+  parts[#parts + 1] = "--dial-timeout=" .. (opts.dial_timeout or "2s")
+  parts[#parts + 1] = "--command-timeout=" .. (opts.command_timeout or "5s")
   for i = first, args.n do parts[#parts + 1] = q(args[i]) end
   local errf = os.tmpname()
   local inf
@@ -320,6 +364,73 @@ function M.etcdctl(target, ...)
   os.remove(errf)
   if inf then os.remove(inf) end
   return ok, out, err
+end
+
+---------------------------------------------------------------------------
+-- certificates
+
+-- Run openssl (argument list, quoted here) in dir; raise with its output on failure.
+local function openssl(dir, ...)
+  local a = {}
+  for i, x in ipairs({ ... }) do a[i] = q(x) end
+  local ok, out = run("cd " .. q(dir) .. " && openssl " .. table.concat(a, " ") .. " </dev/null 2>&1")
+  if not ok then error("make_certs: openssl " .. table.concat({ ... }, " ") .. " failed:\n" .. out, 3) end
+end
+
+local function serial()
+  return string.format("0x%08x%08x", urandom_int(4), urandom_int(4))
+end
+
+local function new_ca(dir, name, cn)
+  openssl(dir, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+    "-keyout", name .. "-key.pem", "-out", name .. ".pem", "-days", "1", "-set_serial", serial(),
+    "-subj", "/O=lua-etcd spec/CN=" .. cn,
+    "-addext", "basicConstraints=critical,CA:TRUE",
+    "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+end
+
+-- A key + certificate `name`.pem / `name`-key.pem signed by CA `ca`.
+local function new_leaf(dir, name, ca, cn, ext)
+  write_file(dir .. "/" .. name .. ".ext", table.concat(ext, "\n") .. "\n")
+  openssl(dir, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+    "-keyout", name .. "-key.pem", "-out", name .. ".csr", "-subj", "/O=lua-etcd spec/CN=" .. cn)
+  openssl(dir, "x509", "-req", "-in", name .. ".csr", "-CA", ca .. ".pem", "-CAkey", ca .. "-key.pem",
+    "-set_serial", serial(), "-days", "1", "-out", name .. ".pem", "-extfile", name .. ".ext")
+  os.remove(dir .. "/" .. name .. ".csr")
+  os.remove(dir .. "/" .. name .. ".ext")
+end
+
+local LEAF = { "basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment" }
+local function ext(...)
+  local t = { table.unpack(LEAF) }
+  for _, x in ipairs({ ... }) do t[#t + 1] = x end
+  return t
+end
+
+-- helpers.make_certs([dir]) -> certs (see the top of this file)
+function M.make_certs(dir)
+  if dir then
+    os.execute("mkdir -p " .. q(dir))
+  else
+    dir = M.tmpdir()
+  end
+  new_ca(dir, "ca", "lua-etcd test CA")
+  -- serverAuth for clients; clientAuth too because etcd 3.4's own gRPC
+  -- gateway dials the server with the server certificate
+  new_leaf(dir, "server", "ca", "localhost", ext("subjectAltName=IP:127.0.0.1,DNS:localhost",
+    "extendedKeyUsage=serverAuth,clientAuth"))
+  new_leaf(dir, "client", "ca", "lua-etcd-client", ext("extendedKeyUsage=clientAuth"))
+  new_ca(dir, "other-ca", "lua-etcd other CA")
+  new_leaf(dir, "other-client", "other-ca", "lua-etcd-other-client", ext("extendedKeyUsage=clientAuth"))
+  local certs = { dir = dir, files = {} }
+  for _, n in ipairs { "ca", "server", "client", "other-ca", "other-client" } do
+    local k = n:gsub("-", "_")
+    certs[k] = dir .. "/" .. n .. ".pem"
+    certs[k .. "_key"] = dir .. "/" .. n .. "-key.pem"
+    certs.files[n .. ".pem"] = certs[k]
+    certs.files[n .. "-key.pem"] = certs[k .. "_key"]
+  end
+  return certs
 end
 
 ---------------------------------------------------------------------------
@@ -367,6 +478,17 @@ function Server:_spawn(state)
     "--experimental-watch-progress-notify-interval=" .. (self.opts.progress_notify_interval or "1s"),
     "--logger=zap", "--log-outputs=stderr",
   }
+  if self.tls then
+    for _, x in ipairs { "--cert-file", self.tls.server, "--key-file", self.tls.server_key } do
+      a[#a + 1] = x
+    end
+    -- etcd 3.4 demands client certificates as soon as it has a
+    -- --trusted-ca-file (TLSInfo.ServerConfig: RequireAndVerifyClientCert),
+    -- so the CA goes with --client-cert-auth only
+    if self.client_cert_auth then
+      for _, x in ipairs { "--trusted-ca-file", self.tls.ca, "--client-cert-auth" } do a[#a + 1] = x end
+    end
+  end
   for _, x in ipairs(self.opts.args or {}) do a[#a + 1] = x end
   local env = { "GOMAXPROCS=" .. (self.opts.gomaxprocs or 2) }
   for k, v in pairs(self.opts.env or {}) do env[#env + 1] = k .. "=" .. v end
@@ -455,6 +577,8 @@ local function wait_healthy(members, timeout)
   local deadline = now() + timeout
   local eps = {}
   for i, m in ipairs(members) do eps[i] = m.endpoint end
+  local tls_opts = { dial_timeout = "1s", command_timeout = "2s",
+                     tls = members[1].tls or false, client_cert = members[1].client_cert_auth }
   local listening = {}
   local last = "(no health check yet: not listening on its ports)"
   while true do
@@ -468,8 +592,7 @@ local function wait_healthy(members, timeout)
       end
     end
     if all then
-      local ok, out, err = M.etcdctl(eps, { dial_timeout = "1s", command_timeout = "2s" },
-        "endpoint", "health")
+      local ok, out, err = M.etcdctl(eps, tls_opts, "endpoint", "health")
       last = out .. err
       if ok then return true end
     end
@@ -508,6 +631,12 @@ end
 
 -- Make n member objects (dirs + ports, nothing started).
 local function new_members(n, opts)
+  -- tls = true: make the certificates once (port-race retries reuse them)
+  if opts.tls == true then opts.tls = M.make_certs() end
+  local tls = opts.tls or nil
+  if tls and (type(tls) ~= "table" or not tls.ca or not tls.server or not tls.server_key) then
+    error("start_etcd: opts.tls must be a table from helpers.make_certs() (or true)", 4)
+  end
   local ports = M.pick_ports(2 * n)
   local token = unique("lua-etcd-spec")
   local members, ic = {}, {}
@@ -528,7 +657,15 @@ local function new_members(n, opts)
     }, Server)
     m.endpoint = "127.0.0.1:" .. m.client_port
     m.endpoints = { m.endpoint }
-    m.client_url = "http://" .. m.endpoint
+    if tls then
+      m.tls = tls
+      m.client_cert_auth = opts.client_cert_auth and true or false
+      m.https_endpoint = "https://" .. m.endpoint
+      m.https_endpoints = { m.https_endpoint }
+      m.client_url = m.https_endpoint
+    else
+      m.client_url = "http://" .. m.endpoint
+    end
     m.peer_url = "http://127.0.0.1:" .. m.peer_port
     m.guard_pid = start_guardian(dir)
     members[i] = m
@@ -574,6 +711,10 @@ function M.start_cluster(n, opts)
   local c = setmetatable({ members = members, endpoints = {}, token = members[1].token }, Cluster)
   for i, m in ipairs(members) do c.endpoints[i] = m.endpoint end
   c.endpoint = c.endpoints[1]
+  if members[1].tls then
+    c.tls, c.client_cert_auth, c.https_endpoints = members[1].tls, members[1].client_cert_auth, {}
+    for i, m in ipairs(members) do c.https_endpoints[i] = m.https_endpoint end
+  end
   return c
 end
 
@@ -612,7 +753,8 @@ function Cluster:leader_index()
     if m:is_running() then eps[#eps + 1] = m.endpoint end
   end
   if #eps == 0 then return nil end
-  local _, out = M.etcdctl(eps, { dial_timeout = "1s", command_timeout = "2s" },
+  local _, out = M.etcdctl(eps, { dial_timeout = "1s", command_timeout = "2s",
+      tls = self.tls or false, client_cert = self.client_cert_auth },
     "endpoint", "status", "-w", "json")
   local by_ep, leader = {}, nil
   for chunk in out:gmatch('"Endpoint":"[^"]*".-"leader":%d+') do

@@ -129,11 +129,16 @@ function etcd.new(opts)
         local _, m = wait.call(c, h, 1)
         if m and m ~= "" then why = ": " .. m end
       end
-      if why:find("Socket closed", 1, true) then
-        -- what a TLS port does to a plaintext client, and a plaintext port
-        -- to a TLS handshake
-        why = why .. (tls and " (closed during the TLS handshake: does the endpoint serve TLS?)"
-          or " (the server closed the connection: if it serves TLS, use an https:// endpoint or the tls option)")
+      local closed = why:find("Socket closed", 1, true) or why:find("Endpoint read failed", 1, true)
+        or why:find("Connection reset by peer", 1, true)
+      if closed and tls then
+        -- With TLS 1.3 the server refuses a client certificate only after the
+        -- handshake; gRPC's status then says no more than that it closed.
+        why = why .. " (the server closed the TLS connection: it may demand a client certificate"
+          .. " (tls.cert, tls.key) or reject the one given, or not serve TLS at all)"
+      elseif closed then
+        -- what a TLS port does to a plaintext client
+        why = why .. " (the server closed the connection: if it serves TLS, use an https:// endpoint or the tls option)"
       end
       c:close()
       return nil, ("etcd: no endpoint reachable within %gs (%s)%s"):format(dial, table.concat(targets, ", "), why),
