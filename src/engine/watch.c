@@ -587,8 +587,9 @@ void ec_watch_release(ec_watch *w) {
       drop_manager = 1;
     }
   }
-  if (w->state != S_ENDED) end_locked(w, S_CLOSED, 0, "closed");
-  if (w->closing) w->state = S_CREATING; /* still waits for its id */
+  /* A watch whose create is in flight stays S_CREATING until its id is
+   * known (then it is cancelled and unlinked); any other is closed now. */
+  if (!w->closing && w->state != S_ENDED) end_locked(w, S_CLOSED, 0, "closed");
   int live = 0;
   for (ec_watch *x = c->wm.watches; x; x = x->next)
     live |= needs_stream(x->state) && !x->closing;
