@@ -445,9 +445,8 @@ static int s_write(lua_State *L) {
 static int s_read(lua_State *L) {
   lstream *u = check_stream(L);
   if (!u->s) return push_fail(L, "etcd: stream is closed", "closed");
-  char *data;
-  size_t len;
-  int r = ec_stream_read(u->s, &data, &len);
+  ec_msg *m;
+  int r = ec_stream_read(u->s, &m);
   if (r == 0) {
     lua_pushboolean(L, 0);
     return 1;
@@ -456,8 +455,8 @@ static int s_read(lua_State *L) {
     return push_status(L, ec_stream_status(u->s), ec_stream_end(u->s),
                        ec_stream_details(u->s));
   /* the bytes live in a string Lua owns before decoding can raise */
-  lua_pushlstring(L, data, len);
-  free(data);
+  lua_pushlstring(L, ec_msg_data(m), ec_msg_len(m));
+  ec_msg_free(m);
   size_t n;
   const char *bytes = lua_tolstring(L, -1, &n);
   if (!pbconv_unpack(L, u->out, bytes, n)) {
@@ -643,9 +642,8 @@ static int w_read(lua_State *L) {
     lua_pushinteger(L, 0);
     return 4;
   }
-  char *data;
-  size_t len;
-  int r = ec_watch_read(u->w, &data, &len);
+  ec_msg *m;
+  int r = ec_watch_read(u->w, &m);
   if (r == 0) {
     lua_pushboolean(L, 0);
     return 1;
@@ -660,8 +658,8 @@ static int w_read(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)compact);
     return 4;
   }
-  lua_pushlstring(L, data, len);
-  free(data);
+  lua_pushlstring(L, ec_msg_data(m), ec_msg_len(m));
+  ec_msg_free(m);
   size_t n;
   const char *bytes = lua_tolstring(L, -1, &n);
   if (!pbconv_unpack(L, &etcdserverpb__watch_response__descriptor, bytes, n)) {

@@ -117,7 +117,7 @@ function etcd.new(opts)
     _endpoints = targets,
     _dial_timeout = o.dial_timeout or 5,
   }, Client)
-  local dial = o.dial_timeout or 5
+  local dial = self._dial_timeout
   if dial > 0 then
     c:_dial(dial)
     if not wait.until_ready(c, function() return c:_ready() end, dial) then

@@ -469,6 +469,45 @@ int ec_client_wait(ec_client *c, int timeout_ms) {
 /* ---------------------------------------------------------------------- */
 /* shared by unary calls and streams                                        */
 
+ec_msg *ec_msg_new(const void *data, size_t len) {
+  ec_msg *m = malloc(sizeof *m + len);
+  if (m) {
+    m->next = NULL;
+    m->len = len;
+    if (len) memcpy(m->data, data, len);
+  }
+  return m;
+}
+
+const char *ec_msg_data(const ec_msg *m) { return m->data; }
+size_t ec_msg_len(const ec_msg *m) { return m->len; }
+void ec_msg_free(ec_msg *m) { free(m); }
+
+void ec_queue_push(ec_queue *q, ec_msg *m) {
+  m->next = NULL;
+  if (q->tail) q->tail->next = m;
+  else q->head = m;
+  q->tail = m;
+  q->n++;
+  q->bytes += m->len;
+}
+
+ec_msg *ec_queue_pop(ec_queue *q) {
+  ec_msg *m = q->head;
+  if (m) {
+    q->head = m->next;
+    if (!q->head) q->tail = NULL;
+    q->n--;
+    q->bytes -= m->len;
+  }
+  return m;
+}
+
+void ec_queue_clear(ec_queue *q) {
+  ec_msg *m;
+  while ((m = ec_queue_pop(q))) free(m);
+}
+
 grpc_metadata *ec_md_copy(const ec_metadata *md, size_t n, int *ok) {
   *ok = 1;
   if (!n) return NULL;

@@ -16,6 +16,11 @@
 typedef struct ec_client ec_client;
 typedef struct ec_call ec_call;
 typedef struct ec_stream ec_stream;
+/* One received message, handed to the caller as it was queued (no copy). */
+typedef struct ec_msg ec_msg;
+const char *ec_msg_data(const ec_msg *m);
+size_t ec_msg_len(const ec_msg *m);
+void ec_msg_free(ec_msg *m);
 
 typedef struct ec_config {
   const char *const *targets; /* gRPC target names, one channel each */
@@ -106,9 +111,9 @@ ec_stream *ec_stream_start(ec_client *c, const char *path, int64_t timeout_ms,
 int ec_stream_write(ec_stream *s, const void *data, size_t len);
 /* Half-close after the queued writes. */
 void ec_stream_close_send(ec_stream *s);
-/* Take the oldest received message: 1 with *data (free() it) and *len,
- * 0 when none is queued yet, -1 when none is queued and the stream ended. */
-int ec_stream_read(ec_stream *s, char **data, size_t *len);
+/* Take the oldest received message: 1 with *out (ec_msg_free it), 0 when
+ * none is queued yet, -1 when none is queued and the stream ended. */
+int ec_stream_read(ec_stream *s, ec_msg **out);
 /* Messages queued for reading. */
 size_t ec_stream_queued(ec_stream *s);
 int ec_stream_ended(ec_stream *s);
@@ -164,9 +169,9 @@ enum { EC_W_LIVE = 0, EC_W_ENDED = 1, EC_W_CLOSED = 2 };
 ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
                          int64_t start_revision, int join_fragments, char *err,
                          size_t errlen);
-/* Oldest queued response: 1 with *data (free() it), 0 none yet, -1 none
- * and the watch is no longer live (see ec_watch_state). */
-int ec_watch_read(ec_watch *w, char **data, size_t *len);
+/* Oldest queued response: 1 with *out (ec_msg_free it), 0 none yet, -1
+ * none and the watch is no longer live (see ec_watch_state). */
+int ec_watch_read(ec_watch *w, ec_msg **out);
 /* EC_W_*; for ENDED, *compact_revision and `reason` (etcd's cancel reason). */
 int ec_watch_state(ec_watch *w, int64_t *compact_revision, char *reason,
                    size_t reasonlen);

@@ -13,6 +13,24 @@
 
 #include "engine.h"
 
+struct ec_msg {
+  ec_msg *next;
+  size_t len;
+  char data[];
+};
+
+/* A FIFO of messages (streams' in/out queues, watches' queues). */
+typedef struct ec_queue {
+  ec_msg *head, *tail;
+  size_t n, bytes;
+} ec_queue;
+
+/* A message holding a copy of data, or NULL when out of memory. */
+ec_msg *ec_msg_new(const void *data, size_t len);
+void ec_queue_push(ec_queue *q, ec_msg *m);
+ec_msg *ec_queue_pop(ec_queue *q);
+void ec_queue_clear(ec_queue *q);
+
 /* Every completion-queue tag starts with this: the pump calls `done`. */
 typedef struct ec_tag {
   void (*done)(struct ec_tag *tag, int ok);

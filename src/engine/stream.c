@@ -14,17 +14,6 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/support/alloc.h>
 
-typedef struct msg {
-  struct msg *next;
-  size_t len;
-  char data[];
-} msg;
-
-typedef struct queue {
-  msg *head, *tail;
-  size_t n;
-} queue;
-
 struct ec_stream {
   atomic_int refs;
   ec_client *client;
@@ -40,56 +29,28 @@ struct ec_stream {
   grpc_status_code status;
   grpc_slice details;
   const char *error_string;
-  queue in, out;
+  ec_queue in, out;
   int sending, want_close_send, closed_send, status_in, ended, end;
   char *message;
   const ec_stream_hooks *hooks; /* pump-side consumer, or NULL: queue for Lua */
   void *hook_ud;
 };
 
-static void q_push(queue *q, msg *m) {
-  m->next = NULL;
-  if (q->tail) q->tail->next = m;
-  else q->head = m;
-  q->tail = m;
-  q->n++;
-}
-
-static msg *q_pop(queue *q) {
-  msg *m = q->head;
-  if (m) {
-    q->head = m->next;
-    if (!q->head) q->tail = NULL;
-    q->n--;
-  }
-  return m;
-}
-
-static void q_free(queue *q) {
-  msg *m;
-  while ((m = q_pop(q))) free(m);
-}
-
 static void stream_unref(ec_stream *s) {
   if (atomic_fetch_sub(&s->refs, 1) != 1) return;
-  q_free(&s->in);
-  q_free(&s->out);
+  ec_queue_clear(&s->in);
+  ec_queue_clear(&s->out);
   free(s->message);
   ec_client_unref(s->client);
   free(s);
 }
 
-static msg *msg_from_buffer(grpc_byte_buffer *bb) {
+static ec_msg *msg_from_buffer(grpc_byte_buffer *bb) {
   grpc_byte_buffer_reader rd;
-  msg *m = NULL;
+  ec_msg *m = NULL;
   if (grpc_byte_buffer_reader_init(&rd, bb)) {
     grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
-    size_t n = GRPC_SLICE_LENGTH(sl);
-    m = malloc(sizeof *m + n);
-    if (m) {
-      m->len = n;
-      memcpy(m->data, GRPC_SLICE_START_PTR(sl), n);
-    }
+    m = ec_msg_new(GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));
     grpc_slice_unref(sl);
     grpc_byte_buffer_reader_destroy(&rd);
   }
@@ -104,9 +65,9 @@ static void start_send_locked(ec_stream *s) {
     return;
   grpc_op op;
   memset(&op, 0, sizeof op);
-  msg *m = s->out.head;
+  ec_msg *m = s->out.head;
   if (m) {
-    q_pop(&s->out);
+    ec_queue_pop(&s->out);
     grpc_slice sl = grpc_slice_from_copied_buffer(m->data, m->len);
     free(m);
     s->send_buf = grpc_raw_byte_buffer_create(&sl, 1);
@@ -186,7 +147,7 @@ static void on_start(ec_tag *t, int ok) {
 static void on_recv(ec_tag *t, int ok) {
   ec_stream *s = (ec_stream *)((char *)t - offsetof(ec_stream, t_recv));
   ec_client *c = s->client;
-  msg *m = NULL;
+  ec_msg *m = NULL;
   int more = ok && s->recv_buf;
   if (s->recv_buf) {
     m = msg_from_buffer(s->recv_buf);
@@ -199,7 +160,7 @@ static void on_recv(ec_tag *t, int ok) {
     s->hooks->on_message(s->hook_ud, s, m->data, m->len);
     free(m);
   } else if (m) {
-    q_push(&s->in, m);
+    ec_queue_push(&s->in, m);
   }
   if (more && s->call && !s->status_in) start_recv_locked(s);
   after_batch(s);
@@ -232,7 +193,7 @@ static void on_status(ec_tag *t, int ok) {
   s->pending--;
   s->status_in = 1;
   s->message = m;
-  q_free(&s->out);
+  ec_queue_clear(&s->out);
   after_batch(s);
 }
 
@@ -339,11 +300,9 @@ fail:
 
 int ec_stream_write_locked(ec_stream *s, const void *data, size_t len) {
   if (s->ended || s->status_in || s->want_close_send || !s->call) return -1;
-  msg *m = malloc(sizeof *m + len);
+  ec_msg *m = ec_msg_new(data, len);
   if (!m) return -1;
-  m->len = len;
-  memcpy(m->data, data, len);
-  q_push(&s->out, m);
+  ec_queue_push(&s->out, m);
   start_send_locked(s);
   return 0;
 }
@@ -365,23 +324,14 @@ void ec_stream_close_send(ec_stream *s) {
   pthread_mutex_unlock(&c->mu);
 }
 
-int ec_stream_read(ec_stream *s, char **data, size_t *len) {
+int ec_stream_read(ec_stream *s, ec_msg **out) {
   ec_client *c = s->client;
   pthread_mutex_lock(&c->mu);
-  msg *m = q_pop(&s->in);
+  ec_msg *m = ec_queue_pop(&s->in);
   int ended = s->ended;
   pthread_mutex_unlock(&c->mu);
   if (!m) return ended ? -1 : 0;
-  /* hand the payload over as its own allocation */
-  char *p = malloc(m->len ? m->len : 1);
-  if (!p) {
-    free(m);
-    return -1;
-  }
-  memcpy(p, m->data, m->len);
-  *data = p;
-  *len = m->len;
-  free(m);
+  *out = m;
   return 1;
 }
 

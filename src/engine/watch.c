@@ -27,12 +27,6 @@
 #define REOPEN_MS 500
 #define MAX_DEPTH 64
 
-typedef struct wmsg {
-  struct wmsg *next;
-  size_t len;
-  char data[];
-} wmsg;
-
 enum {
   S_PENDING,  /* a create is to be sent */
   S_CREATING, /* create sent, waiting for `created` */
@@ -60,8 +54,7 @@ struct ec_watch {
   size_t skip_left; /* events at resume_rev still to drop after a re-create */
   int64_t watch_id;
   int state;
-  wmsg *qh, *qt;
-  size_t qn, qbytes;
+  ec_queue q; /* responses for Lua */
   char *frag;
   size_t frag_len;
   int64_t compact_revision;
@@ -78,12 +71,7 @@ static gpr_timespec after_ms(gpr_timespec t, int64_t ms) {
 
 static void w_unref(ec_watch *w) {
   if (atomic_fetch_sub(&w->refs, 1) != 1) return;
-  wmsg *m = w->qh;
-  while (m) {
-    wmsg *n = m->next;
-    free(m);
-    m = n;
-  }
+  ec_queue_clear(&w->q);
   free(w->frag);
   free(w->create);
   ec_client_unref(w->client);
@@ -91,16 +79,9 @@ static void w_unref(ec_watch *w) {
 }
 
 static int queue_push(ec_watch *w, const char *data, size_t len) {
-  wmsg *m = malloc(sizeof *m + len);
+  ec_msg *m = ec_msg_new(data, len);
   if (!m) return -1;
-  m->next = NULL;
-  m->len = len;
-  memcpy(m->data, data, len);
-  if (w->qt) w->qt->next = m;
-  else w->qh = m;
-  w->qt = m;
-  w->qn++;
-  w->qbytes += len;
+  ec_queue_push(&w->q, m);
   return 0;
 }
 
@@ -185,8 +166,8 @@ static void next_create_locked(ec_client *c) {
 static void open_locked(ec_client *c, gpr_timespec now);
 
 static void maybe_resume_locked(ec_client *c, ec_watch *w) {
-  if (w->state == S_PAUSED && w->qn <= HIGH_COUNT / 2 &&
-      w->qbytes <= HIGH_BYTES / 2) {
+  if (w->state == S_PAUSED && w->q.n <= HIGH_COUNT / 2 &&
+      w->q.bytes <= HIGH_BYTES / 2) {
     w->state = S_PENDING;
     /* The pump may be asleep with nothing to wait for: open the stream from
      * here if there is none; the create's completion wakes the pump. */
@@ -283,7 +264,7 @@ static void deliver(ec_client *c, ec_watch *w, const char *data, size_t len) {
     advance(w, r);
     queue_push(w, data, len);
   }
-  if (w->state == S_ACTIVE && (w->qn > HIGH_COUNT || w->qbytes > HIGH_BYTES) &&
+  if (w->state == S_ACTIVE && (w->q.n > HIGH_COUNT || w->q.bytes > HIGH_BYTES) &&
       send_cancel_locked(c, w) == 0)
     w->state = S_PAUSING;
   etcdserverpb__watch_response__free_unpacked(r, NULL);
@@ -520,29 +501,15 @@ ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
   return w;
 }
 
-int ec_watch_read(ec_watch *w, char **data, size_t *len) {
+int ec_watch_read(ec_watch *w, ec_msg **out) {
   ec_client *c = w->client;
   pthread_mutex_lock(&c->mu);
-  wmsg *m = w->qh;
-  if (m) {
-    w->qh = m->next;
-    if (!w->qh) w->qt = NULL;
-    w->qn--;
-    w->qbytes -= m->len;
-    if (!c->closed) maybe_resume_locked(c, w);
-  }
+  ec_msg *m = ec_queue_pop(&w->q);
+  if (m && !c->closed) maybe_resume_locked(c, w);
   int live = needs_stream(w->state);
   pthread_mutex_unlock(&c->mu);
   if (!m) return live ? 0 : -1;
-  char *p = malloc(m->len ? m->len : 1);
-  if (!p) {
-    free(m);
-    return -1;
-  }
-  memcpy(p, m->data, m->len);
-  *data = p;
-  *len = m->len;
-  free(m);
+  *out = m;
   return 1;
 }
 
@@ -568,7 +535,7 @@ int ec_watch_created(ec_watch *w) {
 
 size_t ec_watch_queued(ec_watch *w) {
   pthread_mutex_lock(&w->client->mu);
-  size_t n = w->qn;
+  size_t n = w->q.n;
   pthread_mutex_unlock(&w->client->mu);
   return n;
 }
