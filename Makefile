@@ -103,6 +103,24 @@ clean:
 	rm -rf $(BUILD)
 
 # ---------------------------------------------------------------------------
+# Lint: luacheck (.luacheckrc) on the Lua code, cppcheck and clang-tidy
+# (.clang-tidy) on src/. Any finding fails the target.
+
+LINT_PKGS  = lua-check cppcheck clang-tidy
+LUA_LINTED = lua spec examples tools
+TIDY_FLAGS = -std=gnu11 -Isrc -I$(GEN) $(PKG_CFLAGS)
+
+.PHONY: lint lint-deps
+lint-deps:
+	@$(MAKE) --no-print-directory deps DEB_PKGS='$(LINT_PKGS)'
+
+lint: deps lint-deps $(GEN_H)
+	luacheck --no-color -q $(LUA_LINTED)
+	cppcheck -q --std=c11 --enable=warning,style,performance,portability --inline-suppr \
+	  --error-exitcode=1 --suppress=missingIncludeSystem -Isrc -Isrc/engine -I$(GEN) src
+	printf '%s\n' $(SRC) | xargs -P 2 -I{} clang-tidy --quiet {} -- $(TIDY_FLAGS)
+
+# ---------------------------------------------------------------------------
 # Sanitizers (docs/SANITIZERS.md). Both run the whole suite; both must pass
 # with no report.
 #

@@ -232,8 +232,8 @@ local mine = {}
 for _, ttl in ipairs { 5, 10, 15 } do mine[assert(cli:grant(ttl)).id] = true end
 for _, l in ipairs(assert(cli:leases()).leases) do
   if mine[l.id] then
-    local t = assert(cli:time_to_live(l.id, { keys = true }))
-    print(("lease: %d, ttl: %d, grantedTTL: %d"):format(t.id, t.ttl, t.granted_ttl))
+    local info = assert(cli:time_to_live(l.id, { keys = true }))
+    print(("lease: %d, ttl: %d, grantedTTL: %d"):format(info.id, info.ttl, info.granted_ttl))
     assert(cli:revoke(l.id))
   end
 end
@@ -261,13 +261,13 @@ do
   assert(authCli:put("foo", "1"))
   for _, kv in ipairs(assert(authCli:get("foo")).kvs) do print(("%s => %q"):format(kv.key, kv.value)) end
   -- zoo1 is outside [foo, zoo): the txn is denied
-  local res, msg, code = authCli:txn {
+  local tres, tmsg, tcode = authCli:txn {
     compare = { etcd.compare.value("zoo1", ">", "abc") },
     success = { etcd.op.put("zoo1", "XYZ") },
     failure = { etcd.op.put("zoo1", "ABC") },
   }
-  print("txn on zoo1:", res, msg, code)
-  assert(res == nil and code == "PERMISSION_DENIED")
+  print("txn on zoo1:", tres, tmsg, tcode)
+  assert(tres == nil and tcode == "PERMISSION_DENIED")
   local _, m2, c2 = etcd.new { endpoints = EP, user = "xingyys", password = "wrong" }
   print("wrong password:", m2, c2)
   assert(c2 == "auth_failed")
@@ -276,7 +276,7 @@ do
   assert(root:delete("foo"))
   assert(root:auth_disable())
   for _, u in ipairs { "xingyys", "root" } do assert(cli:user_delete(u)) end
-  for _, r in ipairs { "guest", "root" } do assert(cli:role_delete(r)) end
+  for _, role in ipairs { "guest", "root" } do assert(cli:role_delete(role)) end
   print("auth disabled; users and roles removed")
 end
 

@@ -403,9 +403,9 @@ describe("watch", function()
 
     -- an abandoned watch is cancelled by the collector
     do
-      local w4 = assert(c2:watch("cc/4"))
+      local w4 = assert(c2:watch("cc/4")) -- luacheck: ignore 231
       assert.equal(1, c2._core:_nstreams())
-      w4 = nil -- luacheck: ignore
+      w4 = nil
     end
     collectgarbage()
     collectgarbage()
@@ -684,7 +684,7 @@ describe("watch with a slow consumer", function()
     end
     local last = r0 + TXNS
     assert(cli:compact(last, { physical = true }))
-    local n, code, msg = 0, nil, nil
+    local n, code, msg = 0, nil, nil -- luacheck: ignore 311
     while true do
       local r
       r, msg, code = w:next(10)

@@ -54,7 +54,8 @@ static const char *const status_names[] = {
 static const ProtobufCServiceDescriptor *const services[] = {
     &etcdserverpb__kv__descriptor,          &etcdserverpb__lease__descriptor,
     &etcdserverpb__cluster__descriptor,     &etcdserverpb__maintenance__descriptor,
-    &etcdserverpb__auth__descriptor,        &etcdserverpb__watch__descriptor};
+    &etcdserverpb__auth__descriptor,        &etcdserverpb__watch__descriptor,
+    NULL};
 
 /* Methods that stream: a unary call on them is a bug. */
 static const char *const streaming[] = {"Watch.Watch", "Lease.LeaseKeepAlive",
@@ -241,9 +242,9 @@ static const ProtobufCMethodDescriptor *find_method(const char *name,
   const char *dot = strchr(name, '.');
   if (!dot) return NULL;
   size_t slen = (size_t)(dot - name);
-  for (size_t i = 0; i < sizeof services / sizeof *services; i++) {
+  for (size_t i = 0; services[i]; i++) {
     const ProtobufCServiceDescriptor *s = services[i];
-    if (strlen(s->short_name) != slen || strncmp(s->short_name, name, slen))
+    if (strlen(s->short_name) != slen || strncmp(s->short_name, name, slen) != 0)
       continue;
     for (unsigned j = 0; j < s->n_methods; j++)
       if (!strcmp(s->methods[j].name, dot + 1)) {
@@ -725,20 +726,24 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+/* A request or response message of any method, by its short name. */
+static const ProtobufCMessageDescriptor *message_by_name(const char *name) {
+  for (size_t i = 0; services[i]; i++)
+    for (unsigned j = 0; j < services[i]->n_methods; j++) {
+      const ProtobufCMethodDescriptor *m = &services[i]->methods[j];
+      if (!strcmp(m->input->short_name, name)) return m->input;
+      if (!strcmp(m->output->short_name, name)) return m->output;
+    }
+  return NULL;
+}
+
 static int l_unpack(lua_State *L) {
   /* core._unpack(message_name, bytes): decode bytes as a response message.
    * For specs and the fuzzer: the same path as a real response. */
   const char *name = luaL_checkstring(L, 1);
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
-  const ProtobufCMessageDescriptor *d = NULL;
-  for (size_t i = 0; i < sizeof services / sizeof *services && !d; i++)
-    for (unsigned j = 0; j < services[i]->n_methods && !d; j++) {
-      if (!strcmp(services[i]->methods[j].output->short_name, name))
-        d = services[i]->methods[j].output;
-      else if (!strcmp(services[i]->methods[j].input->short_name, name))
-        d = services[i]->methods[j].input;
-    }
+  const ProtobufCMessageDescriptor *d = message_by_name(name);
   if (!d) return luaL_argerror(L, 1, "unknown message");
   if (!pbconv_unpack(L, d, data, len)) {
     lua_pushnil(L);
@@ -752,14 +757,7 @@ static int l_pack(lua_State *L) {
   /* core._pack(message_name, table): the encoder used for requests. */
   const char *name = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  const ProtobufCMessageDescriptor *d = NULL;
-  for (size_t i = 0; i < sizeof services / sizeof *services && !d; i++)
-    for (unsigned j = 0; j < services[i]->n_methods && !d; j++) {
-      if (!strcmp(services[i]->methods[j].input->short_name, name))
-        d = services[i]->methods[j].input;
-      else if (!strcmp(services[i]->methods[j].output->short_name, name))
-        d = services[i]->methods[j].output;
-    }
+  const ProtobufCMessageDescriptor *d = message_by_name(name);
   if (!d) return luaL_argerror(L, 1, "unknown message");
   pbconv_pack(L, 2, d);
   return 1;

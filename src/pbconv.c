@@ -94,9 +94,11 @@ static void enc_value(enc *e, int idx, const ProtobufCMessageDescriptor *d,
     if (lua_type(L, idx) == LUA_TSTRING) {
       const ProtobufCEnumValue *ev =
           protobuf_c_enum_descriptor_get_value_by_name(ed, lua_tostring(L, idx));
-      if (!ev)
+      if (!ev) {
         luaL_error(L, "etcd.core: field '%s' of %s: no value '%s' in %s",
                    f->name, d->name, lua_tostring(L, idx), ed->name);
+        return; /* not reached: luaL_error does not return */
+      }
       *(int *)dst = ev->value;
     } else {
       int ok;

@@ -320,7 +320,9 @@ local function parse_file(src, fname, defs)
     end
     local ftype, keytype
     if is_kw("map") and peek(1).kind == "punct" and peek(1).value == "<" then
-      if label ~= "singular" or oneof then fail("%s: map field can't be %s", where(), oneof and "in a oneof" or label) end
+      if label ~= "singular" or oneof then
+        fail("%s: map field can't be %s", where(), oneof and "in a oneof" or label)
+      end
       next_tok(); expect("<")
       keytype = ident()
       if not SCALARS[keytype] or keytype == "bytes" or keytype == "double" or keytype == "float" then

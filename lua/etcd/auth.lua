@@ -46,7 +46,8 @@ end
 local function perm_type(perm)
   local t = type(perm) == "string" and PERM_TYPES[perm:lower()]
   if not t then
-    check.fail(('role_grant_permission: bad argument #4 (perm): expected one of "read", "readwrite", "write", got %s'):format(
+    check.fail(('role_grant_permission: bad argument #4 (perm): expected one of '
+      .. '"read", "readwrite", "write", got %s'):format(
       type(perm) == "string" and ("%q"):format(perm) or math.type(perm) or type(perm)), 3)
   end
   return t

@@ -156,10 +156,10 @@ function etcd.new(opts)
     self._login = function(timeout)
       return self:_call_plain("Auth.Authenticate", { name = user, password = password }, timeout, nil, true)
     end
-    local ok, msg, code = self:_authenticate()
+    local ok, amsg, acode = self:_authenticate()
     if not ok then
       c:close()
-      return nil, msg, code
+      return nil, amsg, acode
     end
   end
   return self
@@ -307,7 +307,9 @@ end
 -- nil, msg, code, done (the results of the ops that were applied before).
 -- With `atomic = true` the ops are sent as one txn: all apply or none.
 function Client:batch(ops, opts)
-  if type(ops) ~= "table" then check.fail(("batch: bad argument #1 (list of etcd.op expected, got %s)"):format(type(ops)), 2) end
+  if type(ops) ~= "table" then
+    check.fail(("batch: bad argument #1 (list of etcd.op expected, got %s)"):format(type(ops)), 2)
+  end
   for i = 1, #ops do
     if getmetatable(ops[i]) ~= txn.Op then
       check.fail(("batch: ops[%d] must be made by etcd.op.*"):format(i), 2)

@@ -14,7 +14,9 @@ M.Op = Op
 
 local KIND_METHOD = { get = "KV.Range", put = "KV.Put", delete = "KV.DeleteRange", txn = "KV.Txn" }
 local KIND_ONEOF = { get = "request_range", put = "request_put", delete = "request_delete_range", txn = "request_txn" }
-local RESP_KIND = { response_range = "get", response_put = "put", response_delete_range = "delete", response_txn = "txn" }
+local RESP_KIND = {
+  response_range = "get", response_put = "put", response_delete_range = "delete", response_txn = "txn",
+}
 M.KIND_METHOD = KIND_METHOD
 
 Op.__tostring = function(op) return ("etcd.op.%s(%q)"):format(op.kind, op.req.key or "") end

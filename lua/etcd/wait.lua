@@ -54,7 +54,7 @@ function M.read(ccli, st, timeout)
     end
     local ok, m, c = M.block(ccli, left)
     if ok == nil then
-      res, msg, code = st:read()
+      res = st:read()
       if res then return res end
       return errors.fail(m, c)
     end

@@ -44,8 +44,9 @@ static gpr_timespec tmin(gpr_timespec a, gpr_timespec b) {
   return gpr_time_cmp(a, b) < 0 ? a : b;
 }
 
-static void lease_unref(ec_lease *l) {
-  if (atomic_fetch_sub(&l->refs, 1) != 1) return;
+/* Drop n references at once (the caller's, and the manager's when it held one). */
+static void lease_unref_n(ec_lease *l, int n) {
+  if (atomic_fetch_sub(&l->refs, n) != n) return;
   ec_client_unref(l->client);
   free(l);
 }
@@ -208,7 +209,7 @@ ec_lease *ec_keepalive_start(ec_client *c, int64_t id, int64_t first_timeout_ms,
     pthread_mutex_unlock(&c->mu);
     snprintf(err, errlen, "client closed");
     atomic_store(&l->refs, 1);
-    lease_unref(l);
+    lease_unref_n(l, 1);
     return NULL;
   }
   gpr_timespec now = now_mono();
@@ -260,8 +261,7 @@ void ec_keepalive_release(ec_lease *l) {
   for (ec_lease *x = c->ka.leases; x; x = x->next) any |= x->state == EC_KA_ALIVE;
   if (!any && c->ka.stream && !c->closed) ec_stream_cancel_locked(c->ka.stream);
   pthread_mutex_unlock(&c->mu);
-  if (owned) lease_unref(l);
-  lease_unref(l);
+  lease_unref_n(l, 1 + owned);
 }
 
 void ec_ka_close_all_locked(ec_client *c) {
@@ -276,7 +276,7 @@ void ec_ka_free(ec_client *c) {
   c->ka.n = 0;
   while (l) {
     ec_lease *next = l->next;
-    lease_unref(l);
+    lease_unref_n(l, 1);
     l = next;
   }
   if (c->ka.stream) {

@@ -69,8 +69,9 @@ static gpr_timespec after_ms(gpr_timespec t, int64_t ms) {
   return gpr_time_add(t, gpr_time_from_millis(ms, GPR_TIMESPAN));
 }
 
-static void w_unref(ec_watch *w) {
-  if (atomic_fetch_sub(&w->refs, 1) != 1) return;
+/* Drop n references at once (the caller's, and the manager's when it held one). */
+static void w_unref_n(ec_watch *w, int n) {
+  if (atomic_fetch_sub(&w->refs, n) != n) return;
   ec_queue_clear(&w->q);
   free(w->frag);
   free(w->create);
@@ -313,7 +314,7 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
       }
       if (w->closing) {
         unlink_locked(c, w);
-        w_unref(w); /* the manager's reference; the caller's is gone */
+        w_unref_n(w, 1); /* the manager's reference; the caller's is gone */
       }
     }
     next_create_locked(c);
@@ -324,16 +325,16 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
         queue_push(w, data, len);
   } else {
     ec_watch *w = find_live(c, r->watch_id);
-    if (w && !w->join_fragments) {
-      deliver(c, w, data, len); /* pieces go to Lua as they come */
-    } else if (w && r->fragment) {
+    /* Unless the user asked for joined fragments, pieces go to Lua as they
+     * come (the last branch). */
+    if (w && w->join_fragments && r->fragment) {
       char *p = realloc(w->frag, w->frag_len + len);
       if (p) {
         memcpy(p + w->frag_len, data, len);
         w->frag = p;
         w->frag_len += len;
       }
-    } else if (w && w->frag_len) {
+    } else if (w && w->join_fragments && w->frag_len) {
       /* the last fragment: concatenated messages merge into one response */
       char *p = realloc(w->frag, w->frag_len + len);
       if (p) {
@@ -418,7 +419,7 @@ void ec_wm_tick(ec_client *c) {
       if (w->closing) {
         *p = w->next;
         w->in_list = 0;
-        w_unref(w);
+        w_unref_n(w, 1);
       } else {
         p = &w->next;
       }
@@ -449,7 +450,7 @@ void ec_wm_free(ec_client *c) {
   while (w) {
     ec_watch *n = w->next;
     w->in_list = 0;
-    w_unref(w);
+    w_unref_n(w, 1);
     w = n;
   }
   if (c->wm.stream) {
@@ -485,7 +486,7 @@ ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
     pthread_mutex_unlock(&c->mu);
     snprintf(err, errlen, "client closed");
     atomic_store(&w->refs, 1);
-    w_unref(w);
+    w_unref_n(w, 1);
     return NULL;
   }
   /* append: creates go out in the order watches were made */
@@ -563,8 +564,7 @@ void ec_watch_release(ec_watch *w) {
   if (!live && c->wm.stream && !c->wm.stream_ended && !c->closed)
     ec_stream_cancel_locked(c->wm.stream);
   pthread_mutex_unlock(&c->mu);
-  if (drop_manager) w_unref(w);
-  w_unref(w);
+  w_unref_n(w, 1 + drop_manager);
 }
 
 int ec_watch_request_progress(ec_client *c) {

@@ -1,0 +1,7 @@
+-- luacheck configuration (make lint). Lua 5.4 first.
+std = "lua54"
+max_line_length = 120
+-- it("...") descriptions say what a user sees, at whatever length.
+files["spec/"] = { std = "+busted", max_line_length = false }
+-- examples/run.lua hands the endpoints to the example it runs.
+files["examples/"] = { globals = { "ETCD_ENDPOINTS", "arg" } }
