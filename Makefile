@@ -107,7 +107,7 @@ clean:
 # (.clang-tidy) on src/. Any finding fails the target.
 
 LINT_PKGS  = lua-check cppcheck clang-tidy
-LUA_LINTED = lua spec examples tools
+LUA_LINTED = lua spec examples tools fuzz
 TIDY_FLAGS = -std=gnu11 -Isrc -I$(GEN) $(PKG_CFLAGS)
 
 .PHONY: lint lint-deps
@@ -183,3 +183,107 @@ valgrind: all $(TESTSUPPORT)
 	$(LUA_ENV) $(VALGRIND) $(VALGRIND_FLAGS) \
 	  $(BUSTED_DIRECT) '--cpath=$(OUTDIR)/?.so;$(OUTDIR)/spec/?.so;' \
 	  --exclude-tags=novalgrind $(BUSTED_ARGS) $(VALGRIND_SPECS)
+
+# ---------------------------------------------------------------------------
+# Fuzzing with libFuzzer (docs/FUZZING.md). Everything goes to build/fuzz/,
+# built with clang; the other builds are not touched.
+#
+#   make fuzz-build   build/fuzz/fuzz_decode and build/fuzz/fuzz_options
+#   make fuzz-seeds   regenerate fuzz/corpus/decode/ (fuzz/make-seeds.lua, with
+#                     the default build's core.so)
+#   make fuzz         install what is missing, build, then run each target for
+#                     FUZZ_SECONDS on a copy of its corpus (fuzz/corpus/<t>/
+#                     and fuzz/regress/<t>/ copied into build/fuzz/corpus/<t>/);
+#                     fails on any crash, leak, timeout or out-of-memory.
+#
+# FUZZ_ARGS is passed to both runs (e.g. FUZZ_ARGS=-jobs=2). The runs start in
+# build/fuzz/ (where -jobs writes its fuzz-N.log files), so paths in FUZZ_ARGS
+# must be absolute. Crash inputs are written to build/fuzz/artifacts/<target>/.
+
+FUZZ_PKGS      = clang libclang-rt-14-dev
+FUZZ_CC       ?= clang
+FUZZ_DIR       = $(BUILD)/fuzz
+FUZZ_SECONDS  ?= 60
+FUZZ_TIMEOUT  ?= 10
+FUZZ_RSS_MB   ?= 2048
+FUZZ_DECODE_MAX_LEN  ?= 8192
+FUZZ_OPTIONS_MAX_LEN ?= 1024
+FUZZ_ARGS     ?=
+FUZZ_SAN       = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+                 -fno-omit-frame-pointer
+# The project's own code and the generated code: coverage-instrumented.
+FUZZ_CFLAGS    = -std=gnu11 -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link \
+                 -Isrc -I$(GEN) -I$(FUZZ_DIR) $(PKG_CFLAGS)
+FUZZ_OBJDIR    = $(FUZZ_DIR)/obj
+FUZZ_CORE_OBJ  = $(patsubst src/%.c,$(FUZZ_OBJDIR)/%.o,$(SRC)) \
+                 $(patsubst $(GEN)/%.c,$(FUZZ_OBJDIR)/gen/%.o,$(GEN_C))
+# The decode target needs no gRPC: the converter, the depth walk and the
+# generated descriptors only.
+FUZZ_DECODE_OBJ = $(FUZZ_OBJDIR)/pbconv.o $(FUZZ_OBJDIR)/engine/pbwalk.o \
+                  $(patsubst $(GEN)/%.c,$(FUZZ_OBJDIR)/gen/%.o,$(GEN_C))
+FUZZ_LUA_LIBS  = $(shell pkg-config --libs $(LUA_PC) 2>/dev/null)
+FUZZ_ENV       = ASAN_OPTIONS='detect_leaks=1:halt_on_error=1:abort_on_error=0:allocator_may_return_null=0' \
+                 UBSAN_OPTIONS='print_stacktrace=1:halt_on_error=1'
+
+.PHONY: fuzz fuzz-build fuzz-deps fuzz-seeds
+
+fuzz-deps:
+	@missing=""; for p in $(FUZZ_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make fuzz-deps: run as root to install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+fuzz-build: $(FUZZ_DIR)/fuzz_decode $(FUZZ_DIR)/fuzz_options
+
+# The decode seeds are packed by the module itself (spec/13 checks that the
+# committed files are what this writes).
+fuzz-seeds: $(MODULE)
+	@mkdir -p fuzz/corpus/decode
+	$(LUA_ENV) $(LUA) fuzz/make-seeds.lua fuzz/corpus/decode
+
+# Every message descriptor of the generated files, as `&name,` lines.
+$(FUZZ_DIR)/descriptors.inc: $(GEN_H)
+	@mkdir -p $(dir $@)
+	sed -n 's/^extern const ProtobufCMessageDescriptor \([A-Za-z0-9_]*\);$$/\&\1,/p' $(GEN_H) > $@.tmp
+	@test -s $@.tmp || { echo "no descriptors found in $(GEN_H)" >&2; exit 1; }
+	@mv $@.tmp $@
+
+$(FUZZ_OBJDIR)/%.o: src/%.c $(HDRS) $(GEN_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Wall -Wextra -c $< -o $@
+
+$(FUZZ_OBJDIR)/gen/%.o: $(GEN)/%.c $(GEN_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_OBJDIR)/fuzz/%.o: fuzz/%.c $(HDRS) $(GEN_H) $(FUZZ_DIR)/descriptors.inc
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Wall -Wextra -Werror -DFUZZ_LUA_DIR='"$(abspath lua)"' -c $< -o $@
+
+$(FUZZ_DIR)/fuzz_decode: $(FUZZ_OBJDIR)/fuzz/fuzz_decode.o $(FUZZ_DECODE_OBJ)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ \
+	  $(shell pkg-config --libs libprotobuf-c) $(FUZZ_LUA_LIBS) -lm
+
+$(FUZZ_DIR)/fuzz_options: $(FUZZ_OBJDIR)/fuzz/fuzz_options.o $(FUZZ_CORE_OBJ)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ \
+	  $(PKG_LIBS) $(FUZZ_LUA_LIBS) -lpthread -lm
+
+# One run: $(1) target name, $(2) max_len, $(3) extra libFuzzer flags.
+define fuzz_run
+	rm -rf $(FUZZ_DIR)/artifacts/$(1) && mkdir -p $(FUZZ_DIR)/artifacts/$(1) $(FUZZ_DIR)/corpus/$(1)
+	for d in fuzz/corpus/$(1) fuzz/regress/$(1); do \
+	  if [ -d $$d ]; then cp -R $$d/. $(FUZZ_DIR)/corpus/$(1)/; fi; \
+	done
+	cd $(FUZZ_DIR) && $(FUZZ_ENV) ./fuzz_$(1) -max_total_time=$(FUZZ_SECONDS) -max_len=$(2) \
+	  -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=$(FUZZ_RSS_MB) -print_final_stats=1 \
+	  -artifact_prefix=artifacts/$(1)/ $(3) $(FUZZ_ARGS) corpus/$(1)
+endef
+
+fuzz: deps fuzz-deps
+	$(MAKE) fuzz-build
+	$(call fuzz_run,decode,$(FUZZ_DECODE_MAX_LEN),)
+	$(call fuzz_run,options,$(FUZZ_OPTIONS_MAX_LEN),-detect_leaks=0)

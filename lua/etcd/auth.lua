@@ -20,7 +20,7 @@ local PERM_OPTS = { prefix = "boolean", from_key = "boolean", timeout = "seconds
 local PERM_TYPES = { read = "READ", write = "WRITE", readwrite = "READWRITE" }
 
 local function name_arg(v, n, what, fname)
-  check.arg(v, "string", n, what, fname, 3) -- not a tail call: the level counts this frame
+  check.arg(v, "text", n, what, fname, 3) -- not a tail call: the level counts this frame
 end
 
 -- The range of a permission: key and range_end (nil or "" for one key), or
@@ -57,12 +57,14 @@ function M.install(Client)
   --- cli:auth_enable(opts) -> { header }. etcd wants a user "root" with the
   -- role "root" first.
   function Client:auth_enable(opts)
+    check.self(self, Client, "auth_enable", 2)
     local o = check.options(opts, CALL, "auth_enable", 2)
     return self:_call("Auth.AuthEnable", {}, o.timeout)
   end
 
   --- cli:auth_disable(opts) -> { header }
   function Client:auth_disable(opts)
+    check.self(self, Client, "auth_disable", 2)
     local o = check.options(opts, CALL, "auth_disable", 2)
     return self:_call("Auth.AuthDisable", {}, o.timeout)
   end
@@ -70,6 +72,7 @@ function M.install(Client)
   --- cli:user_add(name, password, opts) -> { header }. opts: no_password (a
   -- user who can only log in by TLS certificate; then password is nil or "").
   function Client:user_add(name, password, opts)
+    check.self(self, Client, "user_add", 2)
     name_arg(name, 1, "name", "user_add")
     local o = check.options(opts, { no_password = "boolean", timeout = "seconds" }, "user_add", 2)
     if o.no_password then
@@ -78,7 +81,7 @@ function M.install(Client)
       end
       password = nil
     else
-      check.arg(password, "string", 2, "password", "user_add", 2)
+      check.arg(password, "text", 2, "password", "user_add", 2)
     end
     return self:_call("Auth.UserAdd", {
       name = name, password = password,
@@ -88,6 +91,7 @@ function M.install(Client)
 
   --- cli:user_get(name, opts) -> { roles = { ... }, header }
   function Client:user_get(name, opts)
+    check.self(self, Client, "user_get", 2)
     name_arg(name, 1, "name", "user_get")
     local o = check.options(opts, CALL, "user_get", 2)
     return self:_call("Auth.UserGet", { name = name }, o.timeout)
@@ -95,12 +99,14 @@ function M.install(Client)
 
   --- cli:user_list(opts) -> { users = { ... }, header }
   function Client:user_list(opts)
+    check.self(self, Client, "user_list", 2)
     local o = check.options(opts, CALL, "user_list", 2)
     return self:_call("Auth.UserList", {}, o.timeout)
   end
 
   --- cli:user_delete(name, opts) -> { header }
   function Client:user_delete(name, opts)
+    check.self(self, Client, "user_delete", 2)
     name_arg(name, 1, "name", "user_delete")
     local o = check.options(opts, CALL, "user_delete", 2)
     return self:_call("Auth.UserDelete", { name = name }, o.timeout)
@@ -108,14 +114,16 @@ function M.install(Client)
 
   --- cli:user_change_password(name, password, opts) -> { header }
   function Client:user_change_password(name, password, opts)
+    check.self(self, Client, "user_change_password", 2)
     name_arg(name, 1, "name", "user_change_password")
-    check.arg(password, "string", 2, "password", "user_change_password", 2)
+    check.arg(password, "text", 2, "password", "user_change_password", 2)
     local o = check.options(opts, CALL, "user_change_password", 2)
     return self:_call("Auth.UserChangePassword", { name = name, password = password }, o.timeout)
   end
 
   --- cli:user_grant_role(user, role, opts) -> { header }
   function Client:user_grant_role(user, role, opts)
+    check.self(self, Client, "user_grant_role", 2)
     name_arg(user, 1, "user", "user_grant_role")
     name_arg(role, 2, "role", "user_grant_role")
     local o = check.options(opts, CALL, "user_grant_role", 2)
@@ -124,6 +132,7 @@ function M.install(Client)
 
   --- cli:user_revoke_role(user, role, opts) -> { header }
   function Client:user_revoke_role(user, role, opts)
+    check.self(self, Client, "user_revoke_role", 2)
     name_arg(user, 1, "user", "user_revoke_role")
     name_arg(role, 2, "role", "user_revoke_role")
     local o = check.options(opts, CALL, "user_revoke_role", 2)
@@ -132,6 +141,7 @@ function M.install(Client)
 
   --- cli:role_add(name, opts) -> { header }
   function Client:role_add(name, opts)
+    check.self(self, Client, "role_add", 2)
     name_arg(name, 1, "name", "role_add")
     local o = check.options(opts, CALL, "role_add", 2)
     return self:_call("Auth.RoleAdd", { name = name }, o.timeout)
@@ -140,6 +150,7 @@ function M.install(Client)
   --- cli:role_get(name, opts) -> { perm = { { perm_type = "read"|"write"|"readwrite",
   -- key, range_end }, ... }, header }
   function Client:role_get(name, opts)
+    check.self(self, Client, "role_get", 2)
     name_arg(name, 1, "name", "role_get")
     local o = check.options(opts, CALL, "role_get", 2)
     local res, msg, code = self:_call("Auth.RoleGet", { role = name }, o.timeout)
@@ -152,12 +163,14 @@ function M.install(Client)
 
   --- cli:role_list(opts) -> { roles = { ... }, header }
   function Client:role_list(opts)
+    check.self(self, Client, "role_list", 2)
     local o = check.options(opts, CALL, "role_list", 2)
     return self:_call("Auth.RoleList", {}, o.timeout)
   end
 
   --- cli:role_delete(name, opts) -> { header }
   function Client:role_delete(name, opts)
+    check.self(self, Client, "role_delete", 2)
     name_arg(name, 1, "name", "role_delete")
     local o = check.options(opts, CALL, "role_delete", 2)
     return self:_call("Auth.RoleDelete", { role = name }, o.timeout)
@@ -167,6 +180,7 @@ function M.install(Client)
   -- perm: "read" | "write" | "readwrite" (any case); range_end nil or "" for
   -- one key; opts: prefix, from_key.
   function Client:role_grant_permission(role, key, range_end, perm, opts)
+    check.self(self, Client, "role_grant_permission", 2)
     name_arg(role, 1, "role", "role_grant_permission")
     local o = check.options(opts, PERM_OPTS, "role_grant_permission", 2)
     local k, e = perm_range(key, range_end, o, "role_grant_permission")
@@ -178,6 +192,7 @@ function M.install(Client)
   --- cli:role_revoke_permission(role, key, range_end, opts) -> { header }.
   -- The range must be the one granted; opts: prefix, from_key.
   function Client:role_revoke_permission(role, key, range_end, opts)
+    check.self(self, Client, "role_revoke_permission", 2)
     name_arg(role, 1, "role", "role_revoke_permission")
     local o = check.options(opts, PERM_OPTS, "role_revoke_permission", 2)
     local k, e = perm_range(key, range_end, o, "role_revoke_permission")

@@ -8,6 +8,14 @@ local function typename(v)
   return t
 end
 
+--- An option or field name for a message: 'name', or "quoted" with escapes
+-- (and cut short) when it is no plain identifier.
+function M.name(k)
+  if type(k) ~= "string" then return typename(k) end
+  if k:match("^[%a_][%w_]*$") and #k <= 64 then return "'" .. k .. "'" end
+  return ("%q"):format(#k > 64 and k:sub(1, 64) .. "..." or k)
+end
+
 --- Raise `msg` at the public caller's level (`level` counted from the caller of
 -- this module's function, as in `error`).
 function M.fail(msg, level)
@@ -17,18 +25,22 @@ end
 local checkers = {
   boolean = function(v) return type(v) == "boolean" end,
   string = function(v) return type(v) == "string" end,
+  -- what etcd's protobuf `string` fields (names, passwords, URLs) can carry:
+  -- the C core hands them on as C strings
+  text = function(v) return type(v) == "string" and not v:find("\0", 1, true) end,
   table = function(v) return type(v) == "table" end,
   integer = function(v) return math.type(v) == "integer" or (math.type(v) == "float" and math.tointeger(v) ~= nil) end,
   -- non-negative seconds, not NaN
   seconds = function(v) return type(v) == "number" and v == v and v >= 0 end,
+  -- (math.tointeger alone would take the string "5" too)
   ["non-negative integer"] = function(v)
-    local i = math.tointeger(v)
-    return i ~= nil and i >= 0
+    local i = type(v) == "number" and math.tointeger(v)
+    return i and i >= 0
   end,
-  -- a message size limit gRPC can take (a C int)
+  -- a message size limit gRPC can take (a C int); 0: the default
   size = function(v)
-    local i = math.tointeger(v)
-    return i ~= nil and i > 0 and i <= 0x7fffffff
+    local i = type(v) == "number" and math.tointeger(v)
+    return i and i >= 0 and i <= 0x7fffffff
   end,
 }
 M.checkers = checkers
@@ -52,7 +64,9 @@ function M.value(v, kind, what, level)
     local got = typename(v)
     if kind == "seconds" and type(v) == "number" then got = tostring(v) end
     local want = kind == "seconds" and "non-negative number of seconds"
-      or kind == "size" and "size in bytes (1 to 2^31-1)" or kind
+      or kind == "size" and "size in bytes (0 to 2^31-1)"
+      or kind == "text" and (type(v) == "string" and "string without NUL bytes" or "string") or kind
+    if kind == "text" and type(v) == "string" then got = "a string with a NUL byte" end
     if (kind == "size" or kind == "non-negative integer") and type(v) == "number" then got = tostring(v) end
     error(("%s: %s expected, got %s"):format(what, want, got), level + 1)
   end
@@ -74,11 +88,42 @@ function M.options(opts, spec, fname, level)
     end
     local kind = spec[k]
     if kind == nil then
-      error(("%s: unknown option '%s'"):format(fname, k), level + 1)
+      error(("%s: unknown option %s"):format(fname, M.name(k)), level + 1)
     end
-    out[k] = M.value(v, kind, ("%s: option '%s'"):format(fname, k), level + 1)
+    out[k] = M.value(v, kind, ("%s: option %s"):format(fname, M.name(k)), level + 1)
   end
   return out
+end
+
+--- Check that `t` is a plain list (keys 1..#t only); `what` names it.
+function M.list(t, what, level)
+  if type(t) ~= "table" or getmetatable(t) ~= nil then
+    error(("%s: list expected, got %s"):format(what, typename(t)), level + 1)
+  end
+  local n, count = #t, 0
+  for k in pairs(t) do
+    if math.type(k) ~= "integer" or k < 1 or k > n then
+      error(("%s: list expected (found key %s)"):format(what,
+        type(k) == "string" and ("%q"):format(#k > 64 and k:sub(1, 64) .. "..." or k)
+        or type(k) == "number" and tostring(k) or typename(k)), level + 1)
+    end
+    count = count + 1
+  end
+  if count ~= n then
+    for i = 1, n do
+      if t[i] == nil then error(("%s: list expected (found a hole at %d)"):format(what, i), level + 1) end
+    end
+  end
+  return t
+end
+
+--- Check the object a method was called on (`cli.get(...)` instead of
+-- `cli:get(...)` passes the first argument as self).
+function M.self(v, mt, fname, level)
+  if getmetatable(v) ~= mt then
+    error(("%s: bad self (%s expected, got %s: call it as obj:%s(...))"):format(fname, mt.__name, typename(v),
+      fname:match("[%w_]+$")), level + 1)
+  end
 end
 
 --- Check a positional argument.

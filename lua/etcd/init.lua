@@ -21,7 +21,11 @@ local etcd = {
   version = core.version,
   op = txn.op,
   compare = txn.compare,
-  prefix_end = kv.prefix_end,
+  --- etcd.prefix_end(key): the end of the range of keys that start with key
+  prefix_end = function(key)
+    check.arg(key, "string", 1, "key", "etcd.prefix_end", 2)
+    return kv.prefix_end(key)
+  end,
   Error = errors.Error,
 }
 
@@ -31,12 +35,12 @@ Client.__index = Client
 local NEW_OPTS = {
   endpoints = "table", dial_timeout = "seconds", timeout = "seconds",
   namespace = "string", max_send_size = "size", max_recv_size = "size",
-  user = "string", password = "string", tls = "table",
+  user = "text", password = "text", tls = "table",
 }
 -- Options of DESIGN.md that later work adds; named here so that passing one
 -- says so instead of "unknown option".
 local NOT_YET = { auto_sync_interval = true }
-local TLS_OPTS = { ca = "string", cert = "string", key = "string", server_name = "string" }
+local TLS_OPTS = { ca = "text", cert = "text", key = "text", server_name = "text" }
 
 -- "host:port", "http://host:port" or "https://host:port" -> gRPC target, scheme
 local function target_of(ep, i)
@@ -47,7 +51,7 @@ local function target_of(ep, i)
   rest = rest:gsub("/$", "")
   if rest:match("^%a[%w+.-]*://") then check.fail(("%s: unsupported scheme in %q"):format(what, ep), 3) end
   local host, port = rest:match("^(%[[%x:.]+%]):(%d+)$")
-  if not host then host, port = rest:match("^([^:/%[%]]+):(%d+)$") end
+  if not host then host, port = rest:match("^([%w._-]+):(%d+)$") end
   if not host or tonumber(port) < 1 or tonumber(port) > 65535 then
     check.fail(("%s: \"host:port\" expected, got %q"):format(what, ep), 3)
   end
@@ -58,11 +62,14 @@ end
 local function pem(v, name)
   if v:find("-----BEGIN", 1, true) then return v end
   local f, err = io.open(v, "rb")
-  if not f then check.fail(("etcd.new: option 'tls.%s': cannot read %s"):format(name, err), 4) end
+  if not f then
+    if err:sub(1, #v + 2) == v .. ": " then err = err:sub(#v + 3) end
+    check.fail(("etcd.new: option 'tls.%s': cannot read %q: %s"):format(name, v, err), 3)
+  end
   local text = f:read("a")
   f:close()
   if not text or not text:find("-----BEGIN", 1, true) then
-    check.fail(("etcd.new: option 'tls.%s': %s holds no PEM data"):format(name, v), 4)
+    check.fail(("etcd.new: option 'tls.%s': %q holds no PEM data"):format(name, v), 3)
   end
   return text
 end
@@ -80,6 +87,7 @@ function etcd.new(opts)
   end
   local o = check.options(opts, NEW_OPTS, "etcd.new", 2)
   local eps = o.endpoints
+  if eps then check.list(eps, "etcd.new: option 'endpoints'", 2) end
   if not eps or #eps == 0 then check.fail("etcd.new: option 'endpoints' must list at least one endpoint", 2) end
   if #eps > 64 then check.fail("etcd.new: option 'endpoints' lists more than 64 endpoints", 2) end
   local targets, schemes = {}, {}
@@ -102,10 +110,8 @@ function etcd.new(opts)
       if t[k] then tls[k] = pem(t[k], k) end
     end
   end
-  for k in pairs(eps) do
-    if math.type(k) ~= "integer" or k < 1 or k > #eps then
-      check.fail("etcd.new: option 'endpoints' must be a list", 2)
-    end
+  if (o.user == nil) ~= (o.password == nil) then
+    check.fail("etcd.new: options 'user' and 'password' go together", 2)
   end
   local c, msg, code = core.new { targets = targets, max_send_size = o.max_send_size,
                                   max_recv_size = o.max_recv_size, tls = tls }
@@ -116,6 +122,8 @@ function etcd.new(opts)
     _ns = o.namespace or "",
     _endpoints = targets,
     _dial_timeout = o.dial_timeout or 5,
+    -- 0 or none: the engine's default (src/engine/client.c)
+    _max_send_size = (o.max_send_size or 0) > 0 and o.max_send_size or 2 * 1024 * 1024,
   }, Client)
   local dial = self._dial_timeout
   if dial > 0 then
@@ -145,10 +153,6 @@ function etcd.new(opts)
         "UNAVAILABLE"
     end
   end
-  if (o.user == nil) ~= (o.password == nil) then
-    c:close()
-    check.fail("etcd.new: options 'user' and 'password' go together", 2)
-  end
   if o.user then
     -- The password stays in this closure: never in a field, a message or
     -- tostring(cli).
@@ -168,6 +172,7 @@ end
 --- Close the client: every call in flight ends with code "closed", later calls
 -- return nil, msg, "closed". Idempotent; also __close and __gc.
 function Client:close()
+  check.self(self, Client, "close", 2)
   self._core:close()
 end
 Client.__close = Client.close
@@ -177,10 +182,14 @@ function Client:__tostring()
 end
 
 --- The eventfd the client's pump thread signals, for event loops.
-function Client:pollfd() return self._core:pollfd() end
+function Client:pollfd()
+  check.self(self, Client, "pollfd", 2)
+  return self._core:pollfd()
+end
 
 --- The endpoints this client uses, as gRPC targets.
 function Client:endpoints()
+  check.self(self, Client, "endpoints", 2)
   local t = {}
   for i, e in ipairs(self._endpoints) do t[i] = e end
   return t
@@ -252,6 +261,7 @@ end
 
 --- cli:get(key, opts) -> { header, kvs, more, count }
 function Client:get(key, opts)
+  check.self(self, Client, "get", 2)
   check.arg(key, "string", 1, "key", "get", 2)
   local o = check.options(opts, kv.GET_CALL_OPTS, "get", 2)
   local op = setmetatable({ kind = "get", req = kv.range_request(key, o, "get", 2) }, txn.Op)
@@ -260,6 +270,7 @@ end
 
 --- cli:put(key, value, opts) -> { header, prev_kv }
 function Client:put(key, value, opts)
+  check.self(self, Client, "put", 2)
   local o = check.options(opts, kv.PUT_CALL_OPTS, "put", 2)
   key, value = kv.put_args(key, value, o, "put", 2)
   local op = setmetatable({ kind = "put", req = kv.put_request(key, value, o) }, txn.Op)
@@ -268,6 +279,7 @@ end
 
 --- cli:delete(key, opts) -> { header, deleted, prev_kvs }
 function Client:delete(key, opts)
+  check.self(self, Client, "delete", 2)
   check.arg(key, "string", 1, "key", "delete", 2)
   local o = check.options(opts, kv.DELETE_CALL_OPTS, "delete", 2)
   local op = setmetatable({ kind = "delete", req = kv.delete_request(key, o, "delete", 2) }, txn.Op)
@@ -276,6 +288,7 @@ end
 
 --- cli:compact(revision, opts) -> { header }
 function Client:compact(revision, opts)
+  check.self(self, Client, "compact", 2)
   revision = check.arg(revision, "integer", 1, "revision", "compact", 2)
   local o = check.options(opts, kv.COMPACT_CALL_OPTS, "compact", 2)
   return self:_call("KV.Compact", { revision = revision, physical = o.physical }, o.timeout)
@@ -288,6 +301,7 @@ local CALL_OPTS = { timeout = "seconds" }
 
 --- cli:txn{ compare =, success =, failure = } -> { header, succeeded, responses }
 function Client:txn(t, opts)
+  check.self(self, Client, "txn", 2)
   local req = txn.txn_request(t, "txn", 2)
   local o = check.options(opts, CALL_OPTS, "txn", 2)
   return self:_send(setmetatable({ kind = "txn", req = req }, txn.Op), o.timeout)
@@ -295,7 +309,8 @@ end
 
 --- cli:exec(op) runs one etcd.op.* (Go's Do) and returns the matching result.
 function Client:exec(op, opts)
-  if getmetatable(op) ~= txn.Op then
+  check.self(self, Client, "exec", 2)
+  if not txn.is_op(op) then
     check.fail(("exec: bad argument #1 (etcd.op expected, got %s)"):format(type(op)), 2)
   end
   local o = check.options(opts, CALL_OPTS, "exec", 2)
@@ -307,17 +322,20 @@ end
 -- nil, msg, code, done (the results of the ops that were applied before).
 -- With `atomic = true` the ops are sent as one txn: all apply or none.
 function Client:batch(ops, opts)
+  check.self(self, Client, "batch", 2)
   if type(ops) ~= "table" then
     check.fail(("batch: bad argument #1 (list of etcd.op expected, got %s)"):format(type(ops)), 2)
   end
+  check.list(ops, "batch: bad argument #1 (ops)", 2)
   for i = 1, #ops do
-    if getmetatable(ops[i]) ~= txn.Op then
+    if not txn.is_op(ops[i]) then
       check.fail(("batch: ops[%d] must be made by etcd.op.*"):format(i), 2)
     end
   end
   local o = check.options(opts, { timeout = "seconds", atomic = "boolean" }, "batch", 2)
   if o.atomic then
-    local res, msg, code = self:txn({ success = ops }, { timeout = o.timeout })
+    local req = txn.txn_request({ success = ops }, "batch", 2)
+    local res, msg, code = self:_send(setmetatable({ kind = "txn", req = req }, txn.Op), o.timeout)
     if not res then return nil, msg, code end
     return res.responses
   end

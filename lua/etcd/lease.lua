@@ -20,6 +20,7 @@ M.KeepAlive = KeepAlive
 -- stays usable), "lease_expired" (the lease is gone: renewal stopped),
 -- "closed" (this object or the client was closed).
 function KeepAlive:next(timeout)
+  check.self(self, KeepAlive, "ka:next", 2)
   if timeout == nil then timeout = self._timeout end
   if timeout ~= nil then timeout = check.value(timeout, "seconds", "ka:next: bad argument #1 (timeout)", 2) end
   local deadline = timeout and (wait.now() + timeout)
@@ -51,6 +52,7 @@ end
 -- The loop ends when this object is closed; a lost lease or a closed client
 -- raises an error object { message =, code = } ("lease_expired", "closed").
 function KeepAlive:responses()
+  check.self(self, KeepAlive, "ka:responses", 2)
   return function()
     local r, msg, code = self:next(nil)
     if r then return r end
@@ -62,6 +64,7 @@ end
 --- Stop renewing the lease (it is not revoked: it expires after its TTL).
 -- Idempotent; also __close, and the collector does it for a dropped object.
 function KeepAlive:close()
+  check.self(self, KeepAlive, "ka:close", 2)
   self._closed = true
   self._h:close()
 end
@@ -76,6 +79,7 @@ local CALL = { timeout = "seconds" }
 function M.install(Client)
   --- cli:grant(ttl, opts) -> { id, ttl, header }. opts: id (ask for this id), timeout.
   function Client:grant(ttl, opts)
+    check.self(self, Client, "grant", 2)
     ttl = check.arg(ttl, "integer", 1, "ttl", "grant", 2)
     local o = check.options(opts, { id = "integer", timeout = "seconds" }, "grant", 2)
     local res, msg, code = self:_call("Lease.LeaseGrant", { TTL = ttl, ID = o.id }, o.timeout)
@@ -87,6 +91,7 @@ function M.install(Client)
 
   --- cli:revoke(id, opts) -> { header }: the lease ends and its keys are deleted.
   function Client:revoke(id, opts)
+    check.self(self, Client, "revoke", 2)
     id = check.arg(id, "integer", 1, "id", "revoke", 2)
     local o = check.options(opts, CALL, "revoke", 2)
     return self:_call("Lease.LeaseRevoke", { ID = id }, o.timeout)
@@ -95,6 +100,7 @@ function M.install(Client)
   --- cli:time_to_live(id, opts) -> { id, ttl, granted_ttl, keys, header };
   -- ttl is -1 for a lease that has expired. opts: keys (list attached keys), timeout.
   function Client:time_to_live(id, opts)
+    check.self(self, Client, "time_to_live", 2)
     id = check.arg(id, "integer", 1, "id", "time_to_live", 2)
     local o = check.options(opts, { keys = "boolean", timeout = "seconds" }, "time_to_live", 2)
     local res, msg, code = self:_call("Lease.LeaseTimeToLive", { ID = id, keys = o.keys }, o.timeout)
@@ -112,6 +118,7 @@ function M.install(Client)
 
   --- cli:leases(opts) -> { leases = { { id = n }, ... }, header }
   function Client:leases(opts)
+    check.self(self, Client, "leases", 2)
     local o = check.options(opts, CALL, "leases", 2)
     return self:_call("Lease.LeaseLeases", {}, o.timeout)
   end
@@ -121,6 +128,7 @@ function M.install(Client)
   -- running, until ka:close() or the lease is lost. opts: timeout (default
   -- wait of ka:next; none by default).
   function Client:keepalive(id, opts)
+    check.self(self, Client, "keepalive", 2)
     id = check.arg(id, "integer", 1, "id", "keepalive", 2)
     local o = check.options(opts, CALL, "keepalive", 2)
     -- like Go: the first answer may take the dial timeout plus a second
@@ -132,6 +140,7 @@ function M.install(Client)
   --- cli:keepalive_once(id, opts) -> { id, ttl, header }: renew the lease once.
   -- A lease that no longer exists gives nil, msg, "lease_not_found".
   function Client:keepalive_once(id, opts)
+    check.self(self, Client, "keepalive_once", 2)
     id = check.arg(id, "integer", 1, "id", "keepalive_once", 2)
     local o = check.options(opts, CALL, "keepalive_once", 2)
     local timeout = o.timeout or self._timeout

@@ -23,6 +23,17 @@ Op.__tostring = function(op) return ("etcd.op.%s(%q)"):format(op.kind, op.req.ke
 
 local function new_op(kind, req) return setmetatable({ kind = kind, req = req }, Op) end
 
+--- Is `x` an op made by etcd.op.* (not merely a table with its metatable)?
+function M.is_op(x)
+  return getmetatable(x) == Op and KIND_METHOD[rawget(x, "kind")] ~= nil and type(rawget(x, "req")) == "table"
+end
+local is_op = M.is_op
+
+-- Transactions nest at most this deep, the outermost included: the answer to
+-- a deeper one would nest deeper than the 64 protobuf levels the client
+-- decodes (src/pbconv.h), though etcd would apply it.
+M.MAX_TXN_DEPTH = 31
+
 local op = {}
 M.op = op
 
@@ -93,10 +104,13 @@ function M.txn_request(t, fname, level)
   end
   for k in pairs(t) do
     if k ~= "compare" and k ~= "success" and k ~= "failure" then
-      check.fail(("%s: unknown field '%s' (compare, success, failure expected)"):format(fname, tostring(k)), level + 1)
+      check.fail(("%s: unknown field %s (compare, success, failure expected)"):format(fname,
+        type(k) == "string" and check.name(k) or ("[%s]"):format(type(k) == "number" and tostring(k) or type(k))),
+        level + 1)
     end
   end
   local req = { compare = {}, success = {}, failure = {} }
+  local depth = 1 -- of this txn: 1 + the deepest txn among its ops
   for _, part in ipairs { "compare", "success", "failure" } do
     local list = t[part]
     if list ~= nil then
@@ -117,19 +131,30 @@ function M.txn_request(t, fname, level)
           end
           req.compare[i] = x
         else
-          if getmetatable(x) ~= Op then
+          if not is_op(x) then
             check.fail(("%s: %s[%d] must be made by etcd.op.*"):format(fname, part, i), level + 1)
+          end
+          if x.kind == "txn" then
+            local d = (math.tointeger(rawget(x, "depth")) or M.MAX_TXN_DEPTH) + 1
+            if d > M.MAX_TXN_DEPTH then
+              check.fail(("%s: transactions nested deeper than %d levels (%s[%d])"):format(fname,
+                M.MAX_TXN_DEPTH, part, i), level + 1)
+            end
+            if d > depth then depth = d end
           end
           req[part][i] = { [KIND_ONEOF[x.kind]] = x.req, _kind = x.kind }
         end
       end
     end
   end
-  return req
+  return req, depth
 end
 
 function op.txn(t)
-  return new_op("txn", M.txn_request(t, "etcd.op.txn", 2))
+  local req, depth = M.txn_request(t, "etcd.op.txn", 2)
+  local o = new_op("txn", req)
+  o.depth = depth
+  return o
 end
 
 -- ---------------------------------------------------------------------------

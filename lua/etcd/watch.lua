@@ -85,6 +85,7 @@ end
 -- seconds (default: the watch's `timeout` option; none: no limit). "timeout"
 -- leaves the watch usable; "compacted", "closed" and etcd's cancels end it.
 function Watch:next(timeout)
+  check.self(self, Watch, "w:next", 2)
   if timeout == nil then timeout = self._timeout end
   if timeout ~= nil then timeout = check.value(timeout, "seconds", "w:next: bad argument #1 (timeout)", 2) end
   return self:_next(timeout)
@@ -93,6 +94,7 @@ end
 --- for resp in w:responses() do ... end (waits without limit). Ends when the
 -- watch is closed by w:close(); raises an error object on any other end.
 function Watch:responses()
+  check.self(self, Watch, "w:responses", 2)
   return function()
     local resp, msg, code = self:_next(nil)
     if resp then return resp end
@@ -103,6 +105,7 @@ end
 
 --- for ev in w:events() do ... end: the events of every response, in order.
 function Watch:events()
+  check.self(self, Watch, "w:events", 2)
   local evs, i = {}, 0
   return function()
     while i >= #evs do
@@ -121,6 +124,7 @@ end
 --- Cancel the watch on etcd and free it. Idempotent; also __close, and the
 -- collector does it for a dropped watch.
 function Watch:close()
+  check.self(self, Watch, "w:close", 2)
   self._closed = true
   self._h:close()
 end
@@ -134,11 +138,13 @@ end
 function M.install(Client)
   --- cli:watch(key, opts) -> watch | nil, msg, code
   function Client:watch(key, opts)
+    check.self(self, Client, "watch", 2)
     check.arg(key, "string", 1, "key", "watch", 2)
     local o = check.options(opts, WATCH_OPTS, "watch", 2)
     local r = kv.range_request(key, { prefix = o.prefix, range_end = o.range_end, from_key = o.from_key }, "watch", 2)
     local filters
     if o.filters then
+      check.list(o.filters, "watch: option 'filters'", 2)
       filters = {}
       for i, f in ipairs(o.filters) do
         filters[i] = check.value(f, FILTERS, ("watch: option 'filters'[%d]"):format(i), 2)
@@ -146,6 +152,14 @@ function M.install(Client)
     end
     local k, e = r.key, r.range_end
     if self._ns ~= "" then k, e = kv.ns_range(self._ns, k, e) end
+    -- A create request over the client's max_send_size would break the shared
+    -- stream on every attempt (gRPC refuses to send it): refuse it here, as a
+    -- unary call over the limit is refused. 64 bytes bound the other fields.
+    local size = #k + #(e or "") + 64 + 2 * #(filters or {})
+    if size > self._max_send_size then
+      return nil, ("etcd: watch request of about %d bytes is larger than max_send_size (%d)")
+        :format(size, self._max_send_size), "too_large"
+    end
     local req = { key = k, range_end = e, prev_kv = o.prev_kv, progress_notify = o.progress_notify,
                   filters = filters }
     local h, msg, code = self._core:_watch(req, o.start_revision, o.fragment)
@@ -174,6 +188,7 @@ function M.install(Client)
   --- cli:request_progress() -> true | nil, msg, code: ask etcd to send every
   -- watch of this client a progress response (`progress_notify = true`).
   function Client:request_progress()
+    check.self(self, Client, "request_progress", 2)
     local ok, msg, code = self._core:_request_progress()
     if ok == nil then return nil, msg, code end
     return true

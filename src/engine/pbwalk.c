@@ -1,6 +1,19 @@
 /* See pbwalk.h. */
 #include "pbwalk.h"
 
+/* Besides the depth, the walk bounds the repeats of singular sub-messages
+ * (below): past EC_PB_MAX_REPEATS of them in one input, the bytes count as
+ * malformed. etcd never repeats one; a few repeats (messages concatenated to
+ * be merged, as protobuf allows) still decode. Without the bound, 64000
+ * repeats of MemberAddResponse.member (320 KB) kept protobuf-c busy for 35 s,
+ * and a 4 MB answer for hours. */
+#define EC_PB_MAX_REPEATS 16
+
+typedef struct walk_state {
+  int max_depth;
+  int repeats; /* repeated singular sub-messages met so far, whole input */
+} walk_state;
+
 static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
   uint64_t v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
@@ -15,8 +28,25 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
   return -1;
 }
 
+/* A singular (not repeated, not oneof) sub-message field met again in the
+ * same message: protobuf-c merges it into the earlier one, copying every
+ * array merged so far, so k repeats cost O(k^2). */
+static int repeated_singular(const ProtobufCMessageDescriptor *desc,
+                             const ProtobufCFieldDescriptor *f, uint64_t *seen) {
+  if (f->label == PROTOBUF_C_LABEL_REPEATED ||
+      (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
+    return 0; /* appended / the last one replaces the others: linear */
+  size_t i = (size_t)(f - desc->fields);
+  if (i >= 64) return 1; /* no etcd message has that many fields */
+  uint64_t bit = (uint64_t)1 << i;
+  int again = (*seen & bit) != 0;
+  *seen |= bit;
+  return again;
+}
+
 static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
-                const uint8_t *end, int depth, int max_depth) {
+                const uint8_t *end, int depth, walk_state *st) {
+  uint64_t seen = 0; /* singular sub-message fields met, by field index */
   while (p < end) {
     uint64_t key, n;
     if (read_varint(&p, end, &key)) return EC_PB_MALFORMED;
@@ -40,8 +70,11 @@ static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
       const ProtobufCFieldDescriptor *f =
           desc ? protobuf_c_message_descriptor_get_field(desc, number) : NULL;
       if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
-        if (depth + 1 > max_depth) return EC_PB_TOO_DEEP;
-        int r = walk(f->descriptor, p, p + n, depth + 1, max_depth);
+        if (depth + 1 > st->max_depth) return EC_PB_TOO_DEEP;
+        if (repeated_singular(desc, f, &seen) &&
+            ++st->repeats > EC_PB_MAX_REPEATS)
+          return EC_PB_MALFORMED;
+        int r = walk(f->descriptor, p, p + n, depth + 1, st);
         if (r != EC_PB_OK) return r;
       }
       p += n;
@@ -56,5 +89,6 @@ static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
 
 int ec_pb_check_depth(const ProtobufCMessageDescriptor *desc,
                       const uint8_t *data, size_t len, int max_depth) {
-  return walk(desc, data, data + len, 0, max_depth);
+  walk_state st = {max_depth, 0};
+  return walk(desc, data, data + len, 0, &st);
 }
