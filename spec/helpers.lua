@@ -40,7 +40,13 @@
 --   srv:stop{keep_data=bool}  SIGTERM, ~5 s grace, SIGKILL; removes srv.dir
 --                             unless keep_data; idempotent
 --   srv:kill()                SIGKILL, keeps the data dir (fault tests)
---   srv:pause() / srv:resume() SIGSTOP / SIGCONT
+--   srv:pause() / srv:resume() SIGSTOP (returns once every thread of etcd has
+--                             stopped) / SIGCONT
+--   srv:kill_after(seconds)   SIGKILL from a background shell `seconds` from
+--                             now (while this Lua process is blocked in a
+--                             call); keeps the data dir. srv:signal_after(sig,
+--                             seconds) likewise with any signal. Nothing is
+--                             sent if etcd is gone (or was restarted) by then.
 --   srv:restart{wait=bool}    stop (if running, keeping data) and start again on
 --                             the same dir and ports; waits healthy unless wait=false
 --   srv:wait_healthy(timeout) srv:is_running()  srv:log_tail(n)
@@ -68,8 +74,19 @@
 --   helpers.tmpdir() -> path (removed by stop_all / when Lua dies)
 --   helpers.sleep(seconds), helpers.now() (wall clock, 10 ms), helpers.stop_all(),
 --   helpers.pick_ports(n), helpers.proc_running(pid[, comm]), helpers.lua_pid
+--   helpers.under_asan, helpers.under_valgrind (booleans: this process runs
+--   with the ASan runtime preloaded / under valgrind), helpers.slowdown (1,
+--   3 under ASan, 20 under valgrind: scale bounds on elapsed time by it)
 
 local M = {}
+
+do
+  -- make asan preloads libasan; valgrind preloads its vgpreload_*.so
+  local preload = os.getenv("LD_PRELOAD") or ""
+  M.under_asan = preload:find("libasan", 1, true) ~= nil
+  M.under_valgrind = preload:find("vgpreload", 1, true) ~= nil
+  M.slowdown = M.under_valgrind and 20 or M.under_asan and 3 or 1
+end
 
 local ETCD = os.getenv("LUA_ETCD_SPEC_ETCD") or "etcd"
 local ETCDCTL = os.getenv("LUA_ETCD_SPEC_ETCDCTL") or "etcdctl"
@@ -554,7 +571,42 @@ function Server:kill()
   return self
 end
 
-function Server:pause() if self:is_running() then signal(self.pid, "STOP") end; return self end
+-- The signal is sent by a background sh, only if that pid is still etcd.
+function Server:signal_after(sig, seconds)
+  assert(self.pid, "signal_after: server not started")
+  local script = string.format(
+    "sleep %.3f; c=; { read -r c < /proc/%d/comm; } 2>/dev/null; [ \"$c\" = etcd ] && kill -%s %d",
+    seconds, self.pid, sig, self.pid)
+  os.execute("sh -c " .. q(script) .. " >/dev/null 2>&1 </dev/null &")
+  return self
+end
+
+function Server:kill_after(seconds) return self:signal_after("KILL", seconds) end
+
+-- Is every thread of pid stopped (state T)?
+local function all_stopped(pid)
+  local _, out = run("cat /proc/" .. pid .. "/task/*/stat 2>/dev/null")
+  local n = 0
+  for state in out:gmatch("%) (%a) ") do
+    if state ~= "T" and state ~= "t" then return false end
+    n = n + 1
+  end
+  return n > 0
+end
+
+-- SIGSTOP takes effect thread by thread, a little after kill(2) returns:
+-- wait (up to 5 s) until every thread of etcd has stopped, so that nothing
+-- sent from here on is answered.
+function Server:pause()
+  if not self:is_running() then return self end
+  signal(self.pid, "STOP")
+  local deadline = now() + 5
+  while not all_stopped(self.pid) do
+    if now() > deadline then error("pause: etcd (pid " .. self.pid .. ") did not stop", 2) end
+    M.sleep(0.01)
+  end
+  return self
+end
 function Server:resume() if self.pid then signal(self.pid, "CONT") end; return self end
 
 local function check_member(m)

@@ -10,12 +10,14 @@
  *   client:_unary(method, request, seconds, metadata) -> call
  *   client:pollfd()              the eventfd, for event loops
  *   client:close()               also __gc and __close; idempotent
- *   call:done(), call:result() -> table | nil, msg, code; call:cancel()
+ *   call:done(), call:result() -> table | nil, msg, code (once); call:cancel()
+ *   core._pressure()             the collector pressure counters (below)
  */
 #include <math.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,8 +36,94 @@
 #define LUA_ETCD_VERSION "scm"
 #endif
 
+/* ---------------------------------------------------------------------- */
+/* collector pressure                                                       */
+/*
+ * A client holds a pump thread, an eventfd and sockets; a watch holds a
+ * watcher on etcd and a queue; a keep-alive keeps a lease alive on etcd. The
+ * collector sees none of that: to it each is a userdata of a few bytes, so a
+ * program that drops them without close() could run out of threads or file
+ * descriptors long before Lua's heap grows enough for a collection. So, per
+ * Lua state and per kind, the binding counts the objects not yet collected
+ * (or closed, for watches and keep-alives). Creating one when the count has
+ * reached its limit first runs a full collection, then sets the limit to
+ * what survived plus max(MIN, half of it): garbage of a kind never exceeds
+ * that slack, and a program that keeps many alive pays for a collection
+ * only every (survivors / 2) creations. For clients the slack is also at
+ * most an eighth of the file-descriptor limit (RLIMIT_NOFILE; each client
+ * has an eventfd and a socket per endpoint). Each creation also adds its C-side
+ * size (an estimate) to the collector's debt, as if Lua had allocated it,
+ * so that incremental collection keeps pace. None of this runs while the
+ * collector is stopped (collectgarbage "stop").
+ */
+enum { P_CLIENT, P_WATCH, P_KA, P_KINDS };
+static const size_t pressure_min[P_KINDS] = {64, 1024, 1024};
+static const int pressure_kb[P_KINDS] = {48, 1, 1};
+
+typedef struct lpressure {
+  size_t live[P_KINDS];
+  size_t limit[P_KINDS];
+  size_t collections[P_KINDS]; /* full collections run, for the specs */
+} lpressure;
+
+static const char pressure_key = 'p';
+
+/* How many dropped clients the file-descriptor limit allows: an eighth of
+ * it (at least 8). */
+static size_t fd_slack_cap(void) {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY)
+    return SIZE_MAX;
+  return r.rlim_cur / 8 < 8 ? 8 : (size_t)(r.rlim_cur / 8);
+}
+
+/* The state's counters, made on first use. Anchored in the registry for the
+ * state's whole life (finalizers run before lua_close frees any object), so
+ * the objects may keep a plain pointer to them. */
+static lpressure *pressure_of(lua_State *L) {
+  lpressure *p;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pressure_key) == LUA_TUSERDATA) {
+    p = lua_touserdata(L, -1);
+  } else {
+    p = lua_newuserdatauv(L, sizeof *p, 0);
+    memset(p, 0, sizeof *p);
+    for (int k = 0; k < P_KINDS; k++) p->limit[k] = pressure_min[k];
+    size_t cap = fd_slack_cap();
+    if (p->limit[P_CLIENT] > cap) p->limit[P_CLIENT] = cap;
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &pressure_key);
+    lua_remove(L, -2);
+  }
+  lua_pop(L, 1);
+  return p;
+}
+
+/* Before creating an object of kind k (nothing of it on the stack yet). */
+static lpressure *pressure_before_new(lua_State *L, int k) {
+  lpressure *p = pressure_of(L);
+  if (!lua_gc(L, LUA_GCISRUNNING)) return p;
+  if (p->live[k] >= p->limit[k]) {
+    lua_gc(L, LUA_GCCOLLECT);
+    p->collections[k]++;
+    size_t slack = p->live[k] / 2;
+    if (slack < pressure_min[k]) slack = pressure_min[k];
+    if (k == P_CLIENT) {
+      size_t cap = fd_slack_cap();
+      if (slack > cap) slack = cap;
+    }
+    p->limit[k] = p->live[k] + slack;
+  }
+  lua_gc(L, LUA_GCSTEP, pressure_kb[k]);
+  return p;
+}
+
+static void pressure_gone(lpressure *p, int k) {
+  if (p && p->live[k] > 0) p->live[k]--;
+}
+
 typedef struct lclient {
   ec_client *c;
+  lpressure *p;
 } lclient;
 
 typedef struct lcall {
@@ -104,6 +192,7 @@ static ec_client *live_client(lua_State *L, int *nret) {
 
 static int l_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
+  lpressure *p = pressure_before_new(L, P_CLIENT);
   const char *targets[64];
   size_t n = 0;
   if (lua_getfield(L, 1, "targets") != LUA_TTABLE)
@@ -143,10 +232,14 @@ static int l_new(lua_State *L) {
   lua_pop(L, 2);
   lclient *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->c = NULL;
+  u->p = NULL;
   luaL_setmetatable(L, CLIENT_MT);
   char err[256];
   u->c = ec_client_new(&cfg, err, sizeof err);
-  if (!u->c) {
+  if (u->c) {
+    u->p = p;
+    p->live[P_CLIENT]++;
+  } else {
     if (ec_global_pid() && ec_global_pid() != (long)getpid())
       return push_fail(L,
                        "etcd: gRPC was started by the parent process and "
@@ -166,7 +259,10 @@ static int l_close(lua_State *L) {
 
 static int l_gc(lua_State *L) {
   lclient *u = check_client(L);
-  if (u->c) ec_client_release(u->c);
+  if (u->c) {
+    ec_client_release(u->c);
+    pressure_gone(u->p, P_CLIENT);
+  }
   u->c = NULL;
   return 0;
 }
@@ -363,23 +459,33 @@ static int push_status(lua_State *L, int st, int end, const char *msg) {
 }
 
 /* call:result() -> response table | nil, message, code
- * code is the gRPC status name, or "closed" / "timeout" / "cancelled". */
+ * code is the gRPC status name, or "closed" / "timeout" / "cancelled".
+ * Once only: the call is released after it (a second call says "released"). */
 static int c_result(lua_State *L) {
   lcall *h = check_call(L);
   if (!h->k) return push_fail(L, "etcd: call was released", "closed");
   if (!ec_call_done(h->k)) return luaL_error(L, "etcd: call not finished");
   int st = ec_call_status(h->k);
-  if (st != 0 || ec_call_end(h->k) != EC_END_NORMAL)
-    return push_status(L, st, ec_call_end(h->k), ec_call_details(h->k));
-  size_t len;
-  const void *data = ec_call_response(h->k, &len);
-  if (!pbconv_unpack(L, h->out, data ? data : "", data ? len : 0)) {
-    lua_pushnil(L);
-    lua_insert(L, -2);
-    lua_pushstring(L, "INTERNAL");
-    return 3;
+  int n;
+  if (st != 0 || ec_call_end(h->k) != EC_END_NORMAL) {
+    n = push_status(L, st, ec_call_end(h->k), ec_call_details(h->k));
+  } else {
+    size_t len;
+    const void *data = ec_call_response(h->k, &len);
+    if (pbconv_unpack(L, h->out, data ? data : "", data ? len : 0)) {
+      n = 1;
+    } else {
+      lua_pushnil(L);
+      lua_insert(L, -2);
+      lua_pushstring(L, "INTERNAL");
+      n = 3;
+    }
   }
-  return 1;
+  /* Lua has its copy: the response's C memory, which the collector does not
+   * see, goes now rather than when the call object is collected. */
+  ec_call_release(h->k);
+  h->k = NULL;
+  return n;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -502,6 +608,7 @@ static int s_close(lua_State *L) {
 
 typedef struct lka {
   ec_lease *l;
+  lpressure *p;
 } lka;
 
 /* client:_keepalive(id, first_timeout_seconds) -> ka | nil, msg, code */
@@ -511,12 +618,16 @@ static int l_keepalive(lua_State *L) {
   if (!c) return nret;
   lua_Integer id = luaL_checkinteger(L, 2);
   int64_t ms = opt_ms(L, 3, 6000);
+  lpressure *p = pressure_before_new(L, P_KA);
   lka *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->l = NULL;
+  u->p = NULL;
   luaL_setmetatable(L, KA_MT);
   char err[128];
   u->l = ec_keepalive_start(c, (int64_t)id, ms, err, sizeof err);
   if (!u->l) return push_fail(L, err, ec_client_closed(c) ? "closed" : "INTERNAL");
+  u->p = p;
+  p->live[P_KA]++;
   return 1;
 }
 
@@ -565,7 +676,10 @@ static int k_state(lua_State *L) {
 /* ka:close(): stop renewing; idempotent, also __gc and __close */
 static int k_close(lua_State *L) {
   lka *u = luaL_checkudata(L, 1, KA_MT);
-  if (u->l) ec_keepalive_release(u->l);
+  if (u->l) {
+    ec_keepalive_release(u->l);
+    pressure_gone(u->p, P_KA);
+  }
   u->l = NULL;
   return 0;
 }
@@ -607,6 +721,7 @@ static int l_nkeepalives(lua_State *L) {
 
 typedef struct lwatch {
   ec_watch *w;
+  lpressure *p;
 } lwatch;
 
 /* client:_watch(create_request, start_revision, join_fragments)
@@ -619,16 +734,20 @@ static int l_watch(lua_State *L) {
   if (!c) return nret;
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_Integer rev = luaL_optinteger(L, 3, 0);
+  lpressure *p = pressure_before_new(L, P_WATCH);
   pbconv_pack(L, 2, &etcdserverpb__watch_create_request__descriptor);
   size_t len;
   const char *req = lua_tolstring(L, -1, &len);
   lwatch *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->w = NULL;
+  u->p = NULL;
   luaL_setmetatable(L, WATCH_MT);
   char err[128];
   u->w = ec_watch_start(c, req, len, (int64_t)rev, lua_toboolean(L, 4), err,
                         sizeof err);
   if (!u->w) return push_fail(L, err, ec_client_closed(c) ? "closed" : "INTERNAL");
+  u->p = p;
+  p->live[P_WATCH]++;
   return 1;
 }
 
@@ -691,7 +810,10 @@ static int w_queued(lua_State *L) {
 /* w:close(): cancel on the server; idempotent, also __gc and __close */
 static int w_close(lua_State *L) {
   lwatch *u = luaL_checkudata(L, 1, WATCH_MT);
-  if (u->w) ec_watch_release(u->w);
+  if (u->w) {
+    ec_watch_release(u->w);
+    pressure_gone(u->p, P_WATCH);
+  }
   u->w = NULL;
   return 0;
 }
@@ -717,6 +839,26 @@ static int l_nstreams(lua_State *L) {
 }
 
 /* ---------------------------------------------------------------------- */
+
+/* core._pressure() -> { clients =, watches =, keepalives = }, each
+ * { live =, limit =, collections = }: this state's collector pressure
+ * counters (for the specs). */
+static int l_pressure(lua_State *L) {
+  static const char *const names[P_KINDS] = {"clients", "watches", "keepalives"};
+  lpressure *p = pressure_of(L);
+  lua_createtable(L, 0, P_KINDS);
+  for (int k = 0; k < P_KINDS; k++) {
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, (lua_Integer)p->live[k]);
+    lua_setfield(L, -2, "live");
+    lua_pushinteger(L, (lua_Integer)p->limit[k]);
+    lua_setfield(L, -2, "limit");
+    lua_pushinteger(L, (lua_Integer)p->collections[k]);
+    lua_setfield(L, -2, "collections");
+    lua_setfield(L, -2, names[k]);
+  }
+  return 1;
+}
 
 static int l_now(lua_State *L) {
   /* core.now(): monotonic seconds, for deadlines in Lua. */
@@ -817,7 +959,8 @@ __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
   lua_pop(L, 1);
 
   static const luaL_Reg funcs[] = {
-      {"new", l_new}, {"now", l_now}, {"_unpack", l_unpack}, {"_pack", l_pack}, {NULL, NULL}};
+      {"new", l_new},       {"now", l_now},         {"_unpack", l_unpack},
+      {"_pack", l_pack},     {"_pressure", l_pressure}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_pushstring(L, LUA_ETCD_VERSION);
   lua_setfield(L, -2, "version");

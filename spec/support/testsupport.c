@@ -1,14 +1,18 @@
 /*
  * Test-only helpers for the specs: fork() and _exit() so the fork guard can be
- * proved, waitpid() to collect the child, and a listening socket that never
- * answers (a hung server). Built by `make spec` into
- * build/spec/testsupport.so; never part of the etcd module.
+ * proved, waitpid() to collect the child, a listening socket that never
+ * answers (a hung server), this process's threads, file descriptors and
+ * resident memory (from /proc), and a plain HTTP GET (etcd's /metrics).
+ * Built by `make spec` into build/spec/testsupport.so; never part of the etcd
+ * module.
  */
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <stdio.h>
@@ -104,6 +108,111 @@ static int t_threads_named(lua_State *L) {
   return 1;
 }
 
+/* fds() -> count, kinds: this process's open file descriptors, and how many
+ * of each kind ("socket", "anon_inode:[eventfd]", "pipe", "/dev/null", ...;
+ * the part of the link before its first ':' for sockets and pipes). The
+ * descriptor used to read the directory is not counted. */
+static int t_fds(lua_State *L) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return luaL_error(L, "cannot open /proc/self/fd");
+  int self = dirfd(d), n = 0;
+  lua_newtable(L);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.' || atoi(e->d_name) == self) continue;
+    char path[300], link[256];
+    snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+    ssize_t k = readlink(path, link, sizeof link - 1);
+    if (k < 0) continue; /* closed meanwhile (another thread) */
+    link[k] = 0;
+    if (!strncmp(link, "socket:", 7) || !strncmp(link, "pipe:", 5))
+      *strchr(link, ':') = 0;
+    n++;
+    lua_getfield(L, -1, link);
+    lua_Integer c = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    lua_pushinteger(L, c + 1);
+    lua_setfield(L, -2, link);
+  }
+  closedir(d);
+  lua_pushinteger(L, n);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/* rss_kb() -> resident set size of this process in KiB (VmRSS) */
+static int t_rss_kb(lua_State *L) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long kb = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (!strncmp(line, "VmRSS:", 6)) kb = atol(line + 6);
+  if (f) fclose(f);
+  lua_pushinteger(L, kb);
+  return 1;
+}
+
+/* http_get(port, path[, seconds]) -> body | nil, err: an HTTP/1.0 GET to
+ * 127.0.0.1:port (etcd serves /metrics on its client port). */
+static int t_http_get(lua_State *L) {
+  int port = (int)luaL_checkinteger(L, 1);
+  const char *path = luaL_checkstring(L, 2);
+  double secs = luaL_optnumber(L, 3, 5.0);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return luaL_error(L, "socket failed");
+  struct timeval tv = {(time_t)secs, (suseconds_t)((secs - (double)(time_t)secs) * 1e6)};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons((uint16_t)port);
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+    int err = errno;
+    close(fd);
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(err));
+    return 2;
+  }
+  char req[512];
+  int rl = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+  if (rl < 0 || rl >= (int)sizeof req || send(fd, req, (size_t)rl, MSG_NOSIGNAL) != rl) {
+    close(fd);
+    lua_pushnil(L);
+    lua_pushstring(L, "send failed");
+    return 2;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (;;) {
+    char buf[4096];
+    ssize_t k = recv(fd, buf, sizeof buf, 0);
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0) {
+      int err = errno;
+      close(fd);
+      lua_pushnil(L);
+      lua_pushstring(L, strerror(err));
+      return 2;
+    }
+    if (k == 0) break;
+    luaL_addlstring(&b, buf, (size_t)k);
+  }
+  close(fd);
+  luaL_pushresult(&b);
+  size_t n;
+  const char *resp = lua_tolstring(L, -1, &n);
+  const char *body = strstr(resp, "\r\n\r\n");
+  if (strncmp(resp, "HTTP/1.", 7) != 0 || !body || strncmp(resp + 8, " 200", 4) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "bad HTTP response: %.80s", resp);
+    return 2;
+  }
+  lua_pushlstring(L, body + 4, n - (size_t)(body + 4 - resp));
+  return 1;
+}
+
 static int t_getpid(lua_State *L) {
   lua_pushinteger(L, getpid());
   return 1;
@@ -119,6 +228,9 @@ __attribute__((visibility("default"))) int luaopen_testsupport(lua_State *L) {
                                {"close", t_close},
                                {"threads", t_threads},
                                {"threads_named", t_threads_named},
+                               {"fds", t_fds},
+                               {"rss_kb", t_rss_kb},
+                               {"http_get", t_http_get},
                                {NULL, NULL}};
   luaL_newlib(L, f);
   return 1;

@@ -50,6 +50,7 @@ typedef struct ec_lease ec_lease;
 typedef struct ec_ka {
   ec_stream *stream;
   int stream_ended;
+  int idle; /* we cancelled the stream: nothing needed it */
   gpr_timespec reopen_at;
   ec_lease *leases; /* singly linked */
   size_t n;
@@ -60,6 +61,9 @@ typedef struct ec_watch ec_watch;
 typedef struct ec_wm {
   ec_stream *stream;
   int stream_ended;
+  /* we cancelled the stream (nothing needed it, or for a new token): the
+   * next one opens at once, not after the break's back-off */
+  int reopen_now;
   gpr_timespec reopen_at;
   ec_watch *watches; /* singly linked */
   ec_watch *creating; /* the create in flight, if any */

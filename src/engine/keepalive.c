@@ -157,7 +157,9 @@ void ec_ka_tick(ec_client *c) {
     dead = c->ka.stream;
     c->ka.stream = NULL;
     c->ka.stream_ended = 0;
-    c->ka.reopen_at = after_ms(now, REOPEN_MS);
+    /* a stream we let go when nothing needed it is no break: no back-off */
+    c->ka.reopen_at = c->ka.idle ? now : after_ms(now, REOPEN_MS);
+    c->ka.idle = 0;
   }
   size_t alive = 0;
   for (ec_lease *l = c->ka.leases; l; l = l->next) {
@@ -179,6 +181,7 @@ void ec_ka_tick(ec_client *c) {
     if (!alive) {
       /* nothing left to renew: let the stream go */
       ec_stream_cancel_locked(c->ka.stream);
+      c->ka.idle = 1;
     } else {
       for (ec_lease *l = c->ka.leases; l; l = l->next)
         if (l->state == EC_KA_ALIVE && gpr_time_cmp(now, l->next_send) >= 0)
@@ -219,9 +222,13 @@ ec_lease *ec_keepalive_start(ec_client *c, int64_t id, int64_t first_timeout_ms,
   c->ka.leases = l;
   c->ka.n++;
   ec_stream *dead = NULL;
-  if (c->ka.stream && c->ka.stream_ended) {
-    dead = c->ka.stream; /* ended: released below, outside the lock */
+  if (c->ka.stream && (c->ka.stream_ended || c->ka.idle)) {
+    /* ended, or cancelled because nothing needed it (its end may not be in
+     * yet): a new one now; the old one is released below, outside the lock */
+    dead = c->ka.stream;
     c->ka.stream = NULL;
+    c->ka.stream_ended = 0;
+    c->ka.idle = 0;
   }
   if (!c->ka.stream) open_locked(c, now);
   /* Send the first request from here: its completion wakes the pump, which
@@ -259,7 +266,10 @@ void ec_keepalive_release(ec_lease *l) {
   if (l->state == EC_KA_ALIVE) lose(l, EC_KA_CLOSED, "etcd: keep-alive is closed");
   int any = 0;
   for (ec_lease *x = c->ka.leases; x; x = x->next) any |= x->state == EC_KA_ALIVE;
-  if (!any && c->ka.stream && !c->closed) ec_stream_cancel_locked(c->ka.stream);
+  if (!any && c->ka.stream && !c->closed) {
+    ec_stream_cancel_locked(c->ka.stream);
+    c->ka.idle = 1;
+  }
   pthread_mutex_unlock(&c->mu);
   lease_unref_n(l, 1 + owned);
 }

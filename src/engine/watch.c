@@ -388,6 +388,48 @@ gpr_timespec ec_wm_deadline_locked(ec_client *c) {
   return gpr_inf_future(GPR_CLOCK_MONOTONIC);
 }
 
+/* The stream ended, or we cancelled it (it may not have ended yet): take
+ * it off the client (the caller releases it outside the lock). Every watch
+ * that was on it is created again, on the next stream, from the revision
+ * after the last one it received; half-received fragments are dropped (their
+ * events come again). A stream that broke is replaced after REOPEN_MS; one
+ * we cancelled on purpose at once. */
+static ec_stream *detach_stream_locked(ec_client *c, gpr_timespec now) {
+  ec_stream *dead = c->wm.stream;
+  c->wm.stream = NULL;
+  c->wm.stream_ended = 0;
+  c->wm.creating = NULL;
+  c->wm.reopen_at = c->wm.reopen_now ? now : after_ms(now, REOPEN_MS);
+  c->wm.reopen_now = 0;
+  for (ec_watch *w = c->wm.watches; w; w = w->next) {
+    free(w->frag);
+    w->frag = NULL;
+    w->frag_len = 0;
+    if (w->state == S_CREATING || w->state == S_ACTIVE) w->state = S_PENDING;
+    else if (w->state == S_PAUSING) w->state = S_PAUSED;
+    if (w->closing) w->state = S_CLOSED;
+  }
+  /* watches released while their create was in flight: gone with it */
+  for (ec_watch **p = &c->wm.watches; *p;) {
+    ec_watch *w = *p;
+    if (w->closing) {
+      *p = w->next;
+      w->in_list = 0;
+      w_unref_n(w, 1);
+    } else {
+      p = &w->next;
+    }
+  }
+  return dead;
+}
+
+/* Nothing needs the stream: let it go (etcd 3.4 does not end a stream on
+ * half-close, so cancel it). */
+static void idle_cancel_locked(ec_client *c) {
+  ec_stream_cancel_locked(c->wm.stream);
+  c->wm.reopen_now = 1;
+}
+
 void ec_wm_tick(ec_client *c) {
   ec_stream *dead = NULL;
   pthread_mutex_lock(&c->mu);
@@ -396,40 +438,11 @@ void ec_wm_tick(ec_client *c) {
     return;
   }
   gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
-  if (c->wm.stream && c->wm.stream_ended) {
-    dead = c->wm.stream;
-    c->wm.stream = NULL;
-    c->wm.stream_ended = 0;
-    c->wm.creating = NULL;
-    c->wm.reopen_at = after_ms(now, REOPEN_MS);
-    /* Every watch that was on the stream is created again from the revision
-     * after the last one it received; half-received fragments are dropped
-     * (their events come again). */
-    for (ec_watch *w = c->wm.watches; w; w = w->next) {
-      free(w->frag);
-      w->frag = NULL;
-      w->frag_len = 0;
-      if (w->state == S_CREATING || w->state == S_ACTIVE) w->state = S_PENDING;
-      else if (w->state == S_PAUSING) w->state = S_PAUSED;
-      if (w->closing) w->state = S_CLOSED;
-    }
-    /* watches released while their create was in flight: gone with it */
-    for (ec_watch **p = &c->wm.watches; *p;) {
-      ec_watch *w = *p;
-      if (w->closing) {
-        *p = w->next;
-        w->in_list = 0;
-        w_unref_n(w, 1);
-      } else {
-        p = &w->next;
-      }
-    }
-  }
+  if (c->wm.stream && c->wm.stream_ended) dead = detach_stream_locked(c, now);
   int live = 0;
   for (ec_watch *w = c->wm.watches; w; w = w->next) live |= needs_stream(w->state);
   if (!live && c->wm.stream && !c->wm.stream_ended) {
-    /* etcd 3.4 does not end a stream on half-close: cancel it */
-    ec_stream_cancel_locked(c->wm.stream);
+    idle_cancel_locked(c);
   } else if (live && !c->wm.stream && gpr_time_cmp(now, c->wm.reopen_at) >= 0) {
     open_locked(c, now);
   }
@@ -438,9 +451,13 @@ void ec_wm_tick(ec_client *c) {
   if (dead) ec_stream_release(dead);
 }
 
+/* Client closing: every watch ends as closed, even one etcd had ended
+ * already, and what it had queued goes (no read returns it any more). */
 void ec_wm_close_all_locked(ec_client *c) {
-  for (ec_watch *w = c->wm.watches; w; w = w->next)
-    if (w->state != S_ENDED) end_locked(w, S_CLOSED, 0, "client closed");
+  for (ec_watch *w = c->wm.watches; w; w = w->next) {
+    end_locked(w, S_CLOSED, 0, "client closed");
+    ec_queue_clear(&w->q);
+  }
 }
 
 void ec_wm_free(ec_client *c) {
@@ -489,23 +506,30 @@ ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
     w_unref_n(w, 1);
     return NULL;
   }
+  /* A stream we cancelled because no watch needed it (its end may not be in
+   * yet) is replaced now: a create sent on it would be lost with it. */
+  ec_stream *dead = NULL;
+  gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+  if (c->wm.stream && c->wm.reopen_now) dead = detach_stream_locked(c, now);
   /* append: creates go out in the order watches were made */
   ec_watch **p = &c->wm.watches;
   while (*p) p = &(*p)->next;
   *p = w;
   w->in_list = 1;
-  if (!c->wm.stream) open_locked(c, gpr_now(GPR_CLOCK_MONOTONIC));
+  if (!c->wm.stream) open_locked(c, now);
   /* The create's completion wakes the pump, which then owns the rest. An
    * ended stream is replaced by the pump, which its end already woke. */
   next_create_locked(c);
   pthread_mutex_unlock(&c->mu);
+  if (dead) ec_stream_release(dead);
   return w;
 }
 
 int ec_watch_read(ec_watch *w, ec_msg **out) {
   ec_client *c = w->client;
   pthread_mutex_lock(&c->mu);
-  ec_msg *m = ec_queue_pop(&w->q);
+  /* a closed client's watches are closed: nothing more comes out of them */
+  ec_msg *m = c->closed ? NULL : ec_queue_pop(&w->q);
   if (m && !c->closed) maybe_resume_locked(c, w);
   int live = needs_stream(w->state);
   pthread_mutex_unlock(&c->mu);
@@ -518,7 +542,8 @@ int ec_watch_state(ec_watch *w, int64_t *compact_revision, char *reason,
                    size_t reasonlen) {
   ec_client *c = w->client;
   pthread_mutex_lock(&c->mu);
-  int st = w->state == S_ENDED ? EC_W_ENDED
+  int st = c->closed              ? EC_W_CLOSED
+           : w->state == S_ENDED  ? EC_W_ENDED
            : w->state == S_CLOSED ? EC_W_CLOSED
                                   : EC_W_LIVE;
   *compact_revision = w->compact_revision;
@@ -562,7 +587,7 @@ void ec_watch_release(ec_watch *w) {
   for (ec_watch *x = c->wm.watches; x; x = x->next)
     live |= needs_stream(x->state) && !x->closing;
   if (!live && c->wm.stream && !c->wm.stream_ended && !c->closed)
-    ec_stream_cancel_locked(c->wm.stream);
+    idle_cancel_locked(c);
   pthread_mutex_unlock(&c->mu);
   w_unref_n(w, 1 + drop_manager);
 }
@@ -583,8 +608,10 @@ void ec_client_auth_refreshed(ec_client *c) {
     c->need_auth = 0;
     /* the stream keeps the token it was opened with: open a new one; every
      * watch on it is created again from where it stood */
-    if (c->wm.stream && !c->wm.stream_ended && !c->closed)
+    if (c->wm.stream && !c->wm.stream_ended && !c->closed) {
       ec_stream_cancel_locked(c->wm.stream);
+      c->wm.reopen_now = 1;
+    }
     c->wm.reopen_at = gpr_now(GPR_CLOCK_MONOTONIC);
   }
   pthread_mutex_unlock(&c->mu);
