@@ -190,6 +190,16 @@ static ec_client *live_client(lua_State *L, int *nret) {
   return u->c;
 }
 
+/* The string at idx as C text: one with a NUL byte inside would be cut
+ * short by everything below (gRPC targets, PEM, names), so it is refused. */
+static const char *c_text(lua_State *L, int idx, const char *what) {
+  size_t len;
+  const char *s = lua_tolstring(L, idx, &len);
+  if (strlen(s) != len)
+    luaL_error(L, "etcd.core.new: %s: string without NUL bytes expected", what);
+  return s;
+}
+
 static int l_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lpressure *p = pressure_before_new(L, P_CLIENT);
@@ -204,7 +214,7 @@ static int l_new(lua_State *L) {
     lua_rawgeti(L, -1, (lua_Integer)i);
     if (lua_type(L, -1) != LUA_TSTRING)
       return luaL_argerror(L, 1, "targets: strings expected");
-    targets[n++] = lua_tostring(L, -1); /* anchored by the targets table */
+    targets[n++] = c_text(L, -1, "targets"); /* anchored by the targets table */
     lua_pop(L, 1);
   }
   ec_config cfg = {targets, n, 0, 0, 0, NULL, NULL, NULL, NULL};
@@ -215,7 +225,7 @@ static int l_new(lua_State *L) {
     const char **dst[] = {&cfg.ca_pem, &cfg.cert_pem, &cfg.key_pem, &cfg.server_name};
     const char *names[] = {"ca", "cert", "key", "server_name"};
     for (int i = 0; i < 4; i++) {
-      if (lua_getfield(L, -1, names[i]) == LUA_TSTRING) *dst[i] = lua_tostring(L, -1);
+      if (lua_getfield(L, -1, names[i]) == LUA_TSTRING) *dst[i] = c_text(L, -1, names[i]);
       lua_pop(L, 1);
     }
     if ((cfg.cert_pem == NULL) != (cfg.key_pem == NULL))

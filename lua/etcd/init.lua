@@ -123,7 +123,6 @@ function etcd.new(opts)
     _endpoints = targets,
     _dial_timeout = o.dial_timeout or 5,
     -- 0 or none: the engine's default (src/engine/client.c)
-    _max_send_size = (o.max_send_size or 0) > 0 and o.max_send_size or 2 * 1024 * 1024,
   }, Client)
   local dial = self._dial_timeout
   if dial > 0 then

@@ -152,14 +152,6 @@ function M.install(Client)
     end
     local k, e = r.key, r.range_end
     if self._ns ~= "" then k, e = kv.ns_range(self._ns, k, e) end
-    -- A create request over the client's max_send_size would break the shared
-    -- stream on every attempt (gRPC refuses to send it): refuse it here, as a
-    -- unary call over the limit is refused. 64 bytes bound the other fields.
-    local size = #k + #(e or "") + 64 + 2 * #(filters or {})
-    if size > self._max_send_size then
-      return nil, ("etcd: watch request of about %d bytes is larger than max_send_size (%d)")
-        :format(size, self._max_send_size), "too_large"
-    end
     local req = { key = k, range_end = e, prev_kv = o.prev_kv, progress_notify = o.progress_notify,
                   filters = filters }
     local h, msg, code = self._core:_watch(req, o.start_revision, o.fragment)

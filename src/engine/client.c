@@ -264,8 +264,8 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
     na++;                                                                      \
   } while (0)
   /* etcd's Go client: 2 MiB send limit, no practical receive limit. */
-  INT_ARG(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
-          cfg->max_send_size > 0 ? cfg->max_send_size : 2 * 1024 * 1024);
+  c->max_send = cfg->max_send_size > 0 ? (size_t)cfg->max_send_size : (size_t)2 << 20;
+  INT_ARG(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, (int)c->max_send);
   INT_ARG(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
           cfg->max_recv_size > 0 ? cfg->max_recv_size : 0x7fffffff);
   /* Each client has its own connections: closing one never disturbs another. */

@@ -91,6 +91,7 @@ struct ec_client {
   ec_metadata *md;
   size_t nmd;
   int need_auth; /* etcd refused a watch create for the token: Lua must log in */
+  size_t max_send; /* the channels' send limit, bytes */
 };
 
 /* Client metadata plus `extra`, into out[] (at most `max`); with c->mu held.

@@ -121,6 +121,11 @@ static int send_cancel_locked(ec_client *c, ec_watch *w) {
   return ec_stream_write_locked(c->wm.stream, buf, n + in);
 }
 
+static void end_locked(ec_watch *w, int state, int64_t compact,
+                       const char *reason);
+
+/* 0: sent; -1: not sent (out of memory or the stream refused it: tried again
+ * later); 1: too large ever to send, the watch has ended. */
 static int send_create_locked(ec_client *c, ec_watch *w) {
   uint8_t extra[16];
   size_t xn = 0;
@@ -138,6 +143,16 @@ static int send_create_locked(ec_client *c, ec_watch *w) {
   size_t hn = 0;
   hdr[hn++] = 0x0a; /* WatchRequest.create_request */
   hn += put_varint(hdr + hn, inner);
+  /* gRPC would fail the whole shared stream on it (and every watch on it
+   * would be re-created, this one again): refuse this watch alone, with
+   * gRPC's words for it. */
+  if (hn + inner > c->max_send) {
+    char why[96];
+    snprintf(why, sizeof why, "Sent message larger than max (%zu vs. %zu)",
+             hn + inner, c->max_send);
+    end_locked(w, S_ENDED, 0, why);
+    return 1;
+  }
   char *buf = malloc(hn + inner);
   if (!buf) return -1;
   memcpy(buf, hdr, hn);
@@ -150,15 +165,20 @@ static int send_create_locked(ec_client *c, ec_watch *w) {
 }
 
 /* Send the next create if none is in flight: creates go one at a time so
- * that a failed one (answered with watch_id -1) is known. */
+ * that a failed one (answered with watch_id -1) is known. A create too large
+ * to send ends its watch, and the next one goes. */
 static void next_create_locked(ec_client *c) {
   if (!c->wm.stream || c->wm.stream_ended || c->wm.creating || c->need_auth)
     return;
   for (ec_watch *w = c->wm.watches; w; w = w->next) {
     if (w->state != S_PENDING) continue;
-    if (send_create_locked(c, w) == 0) {
+    int r = send_create_locked(c, w);
+    if (r == 0) {
       w->state = S_CREATING;
       c->wm.creating = w;
+    } else if (r > 0) {
+      ec_signal(c); /* its waiter learns it ended */
+      continue;
     }
     return;
   }
