@@ -36,6 +36,14 @@ describe("user and password", function()
     assert.is_nil(res)
     assert.equal("etcdserver: permission denied", msg)
     assert.equal("PERMISSION_DENIED", code)
+    -- a watch on a key the user may not read: etcd cancels it with a reason
+    local w
+    w, msg, code = cli:watch("zoo1")
+    assert.is_nil(w)
+    -- etcd's own words: "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+    assert.matches("etcdserver: permission denied", msg, 1, true)
+    assert.equal("PERMISSION_DENIED", code)
+    assert(cli:watch("foo")):close()
     cli:close()
   end)
 

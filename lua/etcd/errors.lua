@@ -14,6 +14,8 @@ local by_message = {
   { "etcdserver: too many operations in txn request", "too_large" },
   { "message larger than max", "too_large" }, -- gRPC's own send/receive limits
   { "authentication failed, invalid user ID or password", "auth_failed" },
+  -- a watch's cancel_reason has no status of its own; Go maps it the same way
+  { "etcdserver: permission denied", "PERMISSION_DENIED" },
 }
 
 --- The stable code for a failure reported by the C core.
