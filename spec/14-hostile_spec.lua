@@ -363,6 +363,15 @@ describe("hostile input", function()
       still_usable()
     end)
 
+    it("a deadline that ran out inside etcd (Go's bare context error, status UNKNOWN) is a timeout", function()
+      -- what etcd sends when the propagated deadline expires in its handler:
+      -- rare against a fast server, common under valgrind with timeout = 0
+      local res, msg, code = require("etcd.errors").fail("context deadline exceeded", "UNKNOWN")
+      assert_fails("timeout", "^etcd: deadline exceeded %(context deadline exceeded%)$", res, msg, code)
+      -- other UNKNOWN failures stay UNKNOWN
+      assert_fails("UNKNOWN", nil, require("etcd.errors").fail("something else", "UNKNOWN"))
+    end)
+
     it("timeouts: 0 ends at once (answered or not), math.huge and huge numbers mean no limit", function()
       for _ = 1, 20 do
         local t0 = helpers.now()

@@ -30,6 +30,10 @@ end
 
 --- A failure as the three values every method returns.
 function M.fail(msg, code)
+  -- The call's deadline travels to etcd; when it runs out inside the server,
+  -- etcd answers with Go's bare context error (status UNKNOWN). It is still
+  -- this call's deadline, whichever side noticed first.
+  if code == "UNKNOWN" and msg == "context deadline exceeded" then code = "timeout" end
   if code == "timeout" and not msg:find("^etcd") then
     msg = "etcd: deadline exceeded (" .. msg .. ")"
   end
