@@ -293,7 +293,9 @@ static void deliver(ec_client *c, ec_watch *w, const char *data, size_t len) {
 
 static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
   ec_client *c = ud;
-  if (s != c->wm.stream) return;
+  /* After close (every watch is closed), a response still on its way must not
+   * bring a watch back to life, e.g. a late "created" to S_ACTIVE. */
+  if (c->closed || s != c->wm.stream) return;
   if (ec_pb_check_depth(&etcdserverpb__watch_response__descriptor,
                         (const uint8_t *)data, len, MAX_DEPTH) != EC_PB_OK) {
     ec_stream_cancel_locked(s); /* unreadable: start over on a new stream */
@@ -551,7 +553,7 @@ int ec_watch_read(ec_watch *w, ec_msg **out) {
   /* a closed client's watches are closed: nothing more comes out of them */
   ec_msg *m = c->closed ? NULL : ec_queue_pop(&w->q);
   if (m && !c->closed) maybe_resume_locked(c, w);
-  int live = needs_stream(w->state);
+  int live = !c->closed && needs_stream(w->state);
   pthread_mutex_unlock(&c->mu);
   if (!m) return live ? 0 : -1;
   *out = m;
@@ -574,7 +576,10 @@ int ec_watch_state(ec_watch *w, int64_t *compact_revision, char *reason,
 
 int ec_watch_created(ec_watch *w) {
   pthread_mutex_lock(&w->client->mu);
-  int r = w->created ? 1 : (w->state == S_ENDED || w->state == S_CLOSED) ? -1 : 0;
+  int r = w->client->closed                               ? -1
+          : w->created                                    ? 1
+          : (w->state == S_ENDED || w->state == S_CLOSED) ? -1
+                                                          : 0;
   pthread_mutex_unlock(&w->client->mu);
   return r;
 }
