@@ -57,16 +57,47 @@ describe("a three-member cluster", function()
       cluster.members[i]:kill()
       cluster:wait_leader(10)
       helpers.sleep(4) -- longer than the TTL
-      local res
+      local res, msg, code
       for _ = 1, 20 do -- the first read after a leader loss may time out
-        res = cli:get("cl/ka", { timeout = 2 })
+        res, msg, code = cli:get("cl/ka", { timeout = 2 })
         if res then break end
       end
-      assert.equal(1, assert(res).count, "lease lost with member " .. i .. " down")
+      assert(res, ("no read with member %d down: %s (%s)"):format(i, tostring(msg), tostring(code)))
+      assert.equal(1, res.count, "lease lost with member " .. i .. " down")
       assert.is_true(select(1, ka:next(5)) ~= nil)
       cluster.members[i]:restart()
     end
     ka:close()
+  end)
+
+  it("members that came back are used again when the member in use dies", function()
+    -- Every member but the one in use goes down and comes back. gRPC leaves a
+    -- channel idle once its connection is gone: unless the client asks the
+    -- other channels to connect, it stays on the dead member for good.
+    local index = {} -- member_id -> index in cluster.members
+    for i, m in ipairs(cluster.members) do
+      local one = assert(etcd.new { endpoints = { m.endpoint }, dial_timeout = 10 })
+      index[assert(one:get("cl/x", { serializable = true })).header.member_id] = i
+      one:close()
+    end
+    local inuse = index[assert(cli:get("cl/x", { serializable = true })).header.member_id]
+    assert.is_not_nil(inuse)
+    for i, m in ipairs(cluster.members) do
+      if i ~= inuse then
+        m:kill()
+        m:restart()
+      end
+    end
+    assert.equal(inuse, index[assert(cli:get("cl/x", { serializable = true })).header.member_id])
+    cluster.members[inuse]:kill()
+    local res, msg, code
+    for _ = 1, 5 do -- the first call may still wait for the dead member
+      res, msg, code = cli:get("cl/x", { timeout = 2 })
+      if res then break end
+    end
+    assert(res, ("no read after the member in use died: %s (%s)"):format(tostring(msg), tostring(code)))
+    assert.are_not.equal(inuse, index[res.header.member_id])
+    cluster.members[inuse]:restart()
   end)
 
   it("a client of a dead member alone times out by its deadline", function()

@@ -209,19 +209,47 @@ int ec_client_ready(ec_client *c) {
   return ready;
 }
 
+/* How good a channel is for a call starting now. */
+static int chan_rank(grpc_connectivity_state st) {
+  switch (st) {
+  case GRPC_CHANNEL_READY:
+    return 3;
+  case GRPC_CHANNEL_CONNECTING:
+  case GRPC_CHANNEL_IDLE: /* asked to connect just now */
+    return 2;
+  case GRPC_CHANNEL_TRANSIENT_FAILURE:
+    return 1;
+  default:
+    return 0;
+  }
+}
+
 /* Choose the channel for a call: the current one while it is ready, else the
- * next ready one, else the current one (the call then waits for it). Called
- * with c->mu held. */
+ * next ready one, else one still trying over one that failed (the current
+ * one on a tie); the call then waits for it. Called with c->mu held.
+ *
+ * When the current one is not ready, every channel is asked to connect: gRPC
+ * leaves a channel IDLE once its connection is gone (pick_first), and only a
+ * call or this request makes it connect again. Asking the current one alone
+ * left a member that had died and come back idle for good: when the member
+ * in use died in turn, no other channel was ever ready. (Go's balancer keeps
+ * a connection to every endpoint the same way.) */
 size_t ec_pick_channel(ec_client *c) {
-  for (size_t k = 0; k < c->nchan; k++) {
+  size_t pick = c->current;
+  int best = chan_rank(
+      grpc_channel_check_connectivity_state(c->chans[pick].channel, 1));
+  if (best == 3) return pick;
+  for (size_t k = 1; k < c->nchan; k++) {
     size_t i = (c->current + k) % c->nchan;
-    if (grpc_channel_check_connectivity_state(c->chans[i].channel, k == 0) ==
-        GRPC_CHANNEL_READY) {
-      c->current = i;
-      return i;
+    int r = chan_rank(
+        grpc_channel_check_connectivity_state(c->chans[i].channel, 1));
+    if (r > best) {
+      best = r;
+      pick = i;
     }
   }
-  return c->current;
+  c->current = pick;
+  return pick;
 }
 
 /* ---------------------------------------------------------------------- */
