@@ -24,7 +24,10 @@ CFLAGS_ALL = -std=gnu11 -fPIC $(OPTFLAGS) -Wall -Wextra -Werror -fvisibility=hid
              -Isrc -I$(GEN) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 # Generated code is protoc-c's, not ours: build it without -Werror.
 GEN_CFLAGS = -std=gnu11 -fPIC $(OPTFLAGS) -fvisibility=hidden -I$(GEN) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
-LDFLAGS_ALL = -shared $(EXTRA_LDFLAGS)
+# -z nodelete: the module is never unloaded. gRPC's threads outlive any Lua
+# state and call back into it (the log sink), so lua_close()'s dlclose() must
+# not unmap it under them.
+LDFLAGS_ALL = -shared -Wl,-z,nodelete $(EXTRA_LDFLAGS)
 
 PROTOS    = proto/mvccpb/kv.proto proto/authpb/auth.proto proto/etcdserverpb/rpc.proto
 GEN_C     = $(patsubst proto/%.proto,$(GEN)/%.pb-c.c,$(PROTOS))

@@ -2,7 +2,9 @@
  * Test-only helpers for the specs: fork() and _exit() so the fork guard can be
  * proved, waitpid() to collect the child, a listening socket that never
  * answers (a hung server), this process's threads, file descriptors and
- * resident memory (from /proc), and a plain HTTP GET (etcd's /metrics).
+ * resident memory (from /proc), a plain HTTP GET (etcd's /metrics), the
+ * mapped files of this process, and a Lua state of its own to run a chunk in
+ * and close (so that its C modules are dlclose()d).
  * Built by `make spec` into build/spec/testsupport.so; never part of the etcd
  * module.
  */
@@ -21,6 +23,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <lualib.h>
 
 static int t_fork(lua_State *L) {
   pid_t p = fork();
@@ -213,6 +216,46 @@ static int t_http_get(lua_State *L) {
   return 1;
 }
 
+/* mapped(substring) -> true if a file whose path contains it is mapped into
+ * this process (/proc/self/maps) */
+static int t_mapped(lua_State *L) {
+  const char *what = luaL_checkstring(L, 1);
+  FILE *f = fopen("/proc/self/maps", "r");
+  char line[4096];
+  int found = 0;
+  while (f && !found && fgets(line, sizeof line, f)) {
+    const char *path = strchr(line, '/');
+    found = path && strstr(path, what) != NULL;
+  }
+  if (f) fclose(f);
+  lua_pushboolean(L, found);
+  return 1;
+}
+
+/* run_state(chunk, path, cpath) -> true | false, err: run chunk in a new Lua
+ * state with the standard libraries and that package.path/cpath, then close
+ * the state (its finalizers run and its C modules are dlclose()d). */
+static int t_run_state(lua_State *L) {
+  const char *chunk = luaL_checkstring(L, 1);
+  const char *path = luaL_checkstring(L, 2);
+  const char *cpath = luaL_checkstring(L, 3);
+  lua_State *S = luaL_newstate();
+  if (!S) return luaL_error(L, "run_state: out of memory");
+  luaL_openlibs(S);
+  lua_getglobal(S, "package");
+  lua_pushstring(S, path);
+  lua_setfield(S, -2, "path");
+  lua_pushstring(S, cpath);
+  lua_setfield(S, -2, "cpath");
+  lua_pop(S, 1);
+  int ok = luaL_dostring(S, chunk) == LUA_OK;
+  lua_pushboolean(L, ok);
+  if (ok) lua_pushnil(L);
+  else lua_pushstring(L, lua_tostring(S, -1));
+  lua_close(S);
+  return 2;
+}
+
 static int t_getpid(lua_State *L) {
   lua_pushinteger(L, getpid());
   return 1;
@@ -231,6 +274,8 @@ __attribute__((visibility("default"))) int luaopen_testsupport(lua_State *L) {
                                {"fds", t_fds},
                                {"rss_kb", t_rss_kb},
                                {"http_get", t_http_get},
+                               {"mapped", t_mapped},
+                               {"run_state", t_run_state},
                                {NULL, NULL}};
   luaL_newlib(L, f);
   return 1;
