@@ -435,7 +435,7 @@ if how == "true" then os.exit(true, true) end
     local f = assert(io.open(src, "w"))
     f:write(SCRIPT)
     f:close()
-    local cmd = (NO_LSAN .. "LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d lua5.4 %s %s %s >%s 2>%s"):format(
+    local cmd = NO_LSAN .. ("LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d lua5.4 %s %s %s >%s 2>%s"):format(
       helpers.shell_quote(package.path), helpers.shell_quote(package.cpath), 20 * helpers.slowdown,
       helpers.shell_quote(src), helpers.shell_quote(srv.endpoint), how, helpers.shell_quote(out),
       helpers.shell_quote(err))
@@ -494,7 +494,7 @@ assert(etcd.new { endpoints = { "127.0.0.1:1" }, dial_timeout = 0.2 } == nil)
     f:write(child)
     f:close()
     for _ = 1, 3 do
-      local _, _, status = os.execute((NO_LSAN .. "LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d lua5.4 %s >%s 2>%s"):format(
+      local _, _, status = os.execute(NO_LSAN .. ("LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d lua5.4 %s >%s 2>%s"):format(
         helpers.shell_quote(package.path), helpers.shell_quote(package.cpath), 30 * helpers.slowdown,
         helpers.shell_quote(src), helpers.shell_quote(out), helpers.shell_quote(err)))
       local function slurp(p)
