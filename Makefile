@@ -231,14 +231,7 @@ FUZZ_ENV       = ASAN_OPTIONS='detect_leaks=1:halt_on_error=1:abort_on_error=0:a
 .PHONY: fuzz fuzz-build fuzz-deps fuzz-seeds
 
 fuzz-deps:
-	@missing=""; for p in $(FUZZ_PKGS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  if [ "$$(id -u)" != 0 ]; then echo "make fuzz-deps: run as root to install:$$missing" >&2; exit 1; fi; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+	@$(MAKE) --no-print-directory deps DEB_PKGS='$(FUZZ_PKGS)'
 
 fuzz-build: $(FUZZ_DIR)/fuzz_decode $(FUZZ_DIR)/fuzz_options
 

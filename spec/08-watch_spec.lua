@@ -7,15 +7,7 @@ local helpers = require "helpers"
 local etcd = require "etcd"
 local core = require "etcd.core"
 
--- Wait up to `limit` seconds for f() to be true.
-local function eventually(limit, f)
-  local t0 = core.now()
-  repeat
-    if f() then return true end
-    helpers.sleep(0.05)
-  until core.now() - t0 > limit
-  return f()
-end
+local eventually = helpers.eventually
 
 -- "PUT key=value" / "DELETE key" (binary-safe, %q for anything unprintable).
 local function sig(ev, with_rev)
@@ -101,15 +93,6 @@ local function rss_kb()
   return kb -- one value (busted's assert returns extra nils)
 end
 
--- ASan's quarantine holds on to freed memory (256 MB by default): RSS says
--- nothing about our queues there.
-local function under_asan()
-  local f = io.open("/proc/self/maps", "r")
-  if not f then return false end
-  local maps = f:read("a")
-  f:close()
-  return maps:find("libasan", 1, true) ~= nil
-end
 
 local function rev_of(res) return res.header.revision end
 
@@ -647,7 +630,7 @@ describe("watch with a slow consumer", function()
     assert.same({ "PUT slow/~end=end@" .. rev_of(pe) }, shape(collect(w, 1, 10), true))
     print(("\n  slow consumer: writes %.1f s, drain %.1f s in %d responses (largest: %d events), RSS %d MB -> peak %d MB (+%d MB) unread, %d MB draining"):format(
       t_write, t_drain, nresp, max_evs, rss0 // 1024, peak // 1024, growth // 1024, drain_peak // 1024))
-    if under_asan() then
+    if helpers.under_asan then
       print("  (ASan keeps freed memory in its quarantine: RSS not checked)")
     else
       assert.is_true(growth < LIMIT_KB, ("RSS grew by %d MB (limit %d MB) while the watch was not read"):format(

@@ -15,12 +15,7 @@ local etcd = require "etcd"
 
 local DIAL = 2   -- dial_timeout of every client here (seconds)
 
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local function slurp(path) return assert(helpers.read_file(path)) end
 
 local function tlsish(msg)
   local m = tostring(msg):lower()

@@ -10,6 +10,7 @@
 -- <Message>-<what>.<outcome>, outcome being ok (a table), deep (the depth
 -- limit's error) or malformed.
 local core = require "etcd.core"
+local helpers = require "helpers"
 
 local LIMIT = 64 -- PBCONV_MAX_DEPTH
 local DEEP_MSG = "response from etcd nested deeper than 64 levels"
@@ -17,12 +18,7 @@ local DEEP_MSG = "response from etcd nested deeper than 64 levels"
 local seeds = dofile("fuzz/make-seeds.lua")
 local ld = seeds.ld
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local function read(path) return assert(helpers.read_file(path)) end
 
 local function list(dir)
   local out = {}

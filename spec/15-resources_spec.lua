@@ -79,14 +79,7 @@ local function server_watchers(srv)
   return tonumber(body:match("\netcd_debugging_mvcc_watcher_total (%d+)"))
 end
 
-local function eventually(limit, f)
-  local deadline = core.now() + limit
-  repeat
-    if f() then return true end
-    helpers.sleep(0.1)
-  until core.now() > deadline
-  return f()
-end
+local function eventually(limit, f) return helpers.eventually(limit, f, 0.1) end
 
 -- A live Lua heap like an application's (here ~`mb` MiB of strings): the
 -- collector's pace follows the heap, so without the binding's pressure
@@ -429,28 +422,24 @@ if how == "true" then os.exit(true, true) end
     and "ASAN_OPTIONS=" .. helpers.shell_quote((os.getenv("ASAN_OPTIONS") or "") .. ":detect_leaks=0") .. " "
     or ""
 
-  local function run(how)
-    local src = os.tmpname()
-    local out, err = os.tmpname(), os.tmpname()
-    local f = assert(io.open(src, "w"))
-    f:write(SCRIPT)
-    f:close()
-    local cmd = NO_LSAN .. ("LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d lua5.4 %s %s %s >%s 2>%s"):format(
-      helpers.shell_quote(package.path), helpers.shell_quote(package.cpath), 20 * helpers.slowdown,
-      helpers.shell_quote(src), helpers.shell_quote(srv.endpoint), how, helpers.shell_quote(out),
-      helpers.shell_quote(err))
+  -- Run `script` in a child lua5.4 with the spec's module paths and these
+  -- arguments, killed after `seconds`: its exit status, stdout, stderr and
+  -- how long it took.
+  local function run_child(script, seconds, ...)
+    local src, out, err = os.tmpname(), os.tmpname(), os.tmpname()
+    helpers.write_file(src, script)
+    local args = {}
+    for i, a in ipairs { ... } do args[i] = helpers.shell_quote(a) end
+    local cmd = NO_LSAN .. ("LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d lua5.4 %s %s >%s 2>%s"):format(
+      helpers.shell_quote(package.path), helpers.shell_quote(package.cpath), seconds * helpers.slowdown,
+      helpers.shell_quote(src), table.concat(args, " "), helpers.shell_quote(out), helpers.shell_quote(err))
     local t0 = core.now()
     local _, _, status = os.execute(cmd)
     local took = core.now() - t0
-    local function slurp(p)
-      local h = assert(io.open(p))
-      local s = h:read("a")
-      h:close()
-      os.remove(p)
-      return s
-    end
-    local o, e = slurp(out), slurp(err)
+    local o, e = assert(helpers.read_file(out)), assert(helpers.read_file(err))
     os.remove(src)
+    os.remove(out)
+    os.remove(err)
     return status, o, e, took
   end
 
@@ -459,7 +448,7 @@ if how == "true" then os.exit(true, true) end
       how == "exit" and "os.exit(0)" or how == "close" and "os.exit(0, true)"
       or how == "true" and "os.exit(true, true)" or "end of script"), function()
       for _ = 1, 3 do
-        local status, out, err, took = run(how)
+        local status, out, err, took = run_child(SCRIPT, 20, srv.endpoint, how)
         assert.equal("", err)
         assert.equal("ready\n", out)
         assert.equal(0, status)
@@ -489,27 +478,11 @@ assert(c:put("unload/k", "v"))
 assert(etcd.new { endpoints = { "127.0.0.1:1" }, dial_timeout = 0.2 } == nil)
 -- c is left open: the state's finalizers close it
 ]]):format(srv.endpoint))
-    local src, out, err = os.tmpname(), os.tmpname(), os.tmpname()
-    local f = assert(io.open(src, "w"))
-    f:write(child)
-    f:close()
     for _ = 1, 3 do
-      local _, _, status = os.execute(NO_LSAN .. ("LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d lua5.4 %s >%s 2>%s"):format(
-        helpers.shell_quote(package.path), helpers.shell_quote(package.cpath), 30 * helpers.slowdown,
-        helpers.shell_quote(src), helpers.shell_quote(out), helpers.shell_quote(err)))
-      local function slurp(p)
-        local h = assert(io.open(p))
-        local text = h:read("a")
-        h:close()
-        return text
-      end
-      local o, e = slurp(out), slurp(err)
-      assert.equal("", e)
-      assert.equal("mapped\ndone\n", o)
+      local status, out, err = run_child(child, 30)
+      assert.equal("", err)
+      assert.equal("mapped\ndone\n", out)
       assert.equal(0, status)
     end
-    os.remove(src)
-    os.remove(out)
-    os.remove(err)
   end)
 end)

@@ -19,14 +19,7 @@ local function timed(f, ...)
   return core.now() - t0, table.unpack(r, 1, r.n)
 end
 
-local function eventually(limit, f)
-  local deadline = core.now() + limit
-  repeat
-    if f() then return true end
-    helpers.sleep(0.05)
-  until core.now() > deadline
-  return f()
-end
+local eventually = helpers.eventually
 
 -- A failure that ended by its deadline `t`: nil, a message, code `want`.
 local function assert_deadline(what, t, took, res, msg, code, want)

@@ -73,6 +73,8 @@
 --     certs.files maps the file names ("ca.pem", ...) to paths too.
 --   helpers.tmpdir() -> path (removed by stop_all / when Lua dies)
 --   helpers.sleep(seconds), helpers.now() (wall clock, 10 ms), helpers.stop_all(),
+--   helpers.eventually(limit, f[, step]) (poll f until true or limit seconds),
+--   helpers.read_file(path) -> bytes | nil, why; helpers.write_file(path, data),
 --   helpers.pick_ports(n), helpers.proc_running(pid[, comm]), helpers.lua_pid
 --   helpers.under_asan, helpers.under_valgrind (booleans: this process runs
 --   with the ASan runtime preloaded / under valgrind), helpers.slowdown (1,
@@ -105,8 +107,8 @@ end
 M.shell_quote = q
 
 local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
   local s = f:read("a")
   f:close()
   return s
@@ -117,6 +119,10 @@ local function write_file(path, data, mode)
   f:write(data)
   f:close()
 end
+
+-- read_file(path) -> its bytes, or nil, why when it cannot be opened;
+-- write_file(path, data[, mode]) raises when it cannot be written.
+M.read_file, M.write_file = read_file, write_file
 
 -- Run a shell command, return ok, stdout.
 local function run(cmd)
@@ -137,6 +143,17 @@ local function now()
   return t or os.time()
 end
 M.now = now
+
+-- Wait up to `limit` seconds, polling every `step` (default 0.05), for f()
+-- to be true; then one last f() decides.
+function M.eventually(limit, f, step)
+  local t0 = now()
+  repeat
+    if f() then return true end
+    M.sleep(step or 0.05)
+  until now() - t0 > limit
+  return f()
+end
 
 local function urandom_int(nbytes)
   local f = io.open("/dev/urandom", "rb")

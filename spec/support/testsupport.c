@@ -75,15 +75,21 @@ static int t_close(lua_State *L) {
   return 0;
 }
 
-static int t_threads(lua_State *L) {
-  /* number of threads of this process */
+/* The number after `field` (e.g. "Threads:") in /proc/self/status, or -1. */
+static long proc_status(const char *field) {
   FILE *f = fopen("/proc/self/status", "r");
   char line[256];
-  int n = -1;
+  size_t len = strlen(field);
+  long v = -1;
   while (f && fgets(line, sizeof line, f))
-    if (!strncmp(line, "Threads:", 8)) n = atoi(line + 8);
+    if (!strncmp(line, field, len)) v = atol(line + len);
   if (f) fclose(f);
-  lua_pushinteger(L, n);
+  return v;
+}
+
+/* threads() -> number of threads of this process */
+static int t_threads(lua_State *L) {
+  lua_pushinteger(L, proc_status("Threads:"));
   return 1;
 }
 
@@ -145,13 +151,7 @@ static int t_fds(lua_State *L) {
 
 /* rss_kb() -> resident set size of this process in KiB (VmRSS) */
 static int t_rss_kb(lua_State *L) {
-  FILE *f = fopen("/proc/self/status", "r");
-  char line[256];
-  long kb = -1;
-  while (f && fgets(line, sizeof line, f))
-    if (!strncmp(line, "VmRSS:", 6)) kb = atol(line + 6);
-  if (f) fclose(f);
-  lua_pushinteger(L, kb);
+  lua_pushinteger(L, proc_status("VmRSS:"));
   return 1;
 }
 
