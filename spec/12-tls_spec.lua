@@ -173,22 +173,12 @@ describe("TLS", function()
   describe("gRPC's own TLS log lines", function()
     -- like spec/01-client_spec.lua: one failing etcd.new in a fresh lua5.4
     local function stderr_of(env)
-      local script = ([[package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
-package.cpath = "build/?.so;" .. package.cpath
-local etcd = require "etcd"
+      local script = ([[local etcd = require "etcd"
 local cli, msg = etcd.new { endpoints = { %q }, tls = { ca = %q }, dial_timeout = 1 }
 assert(not cli, "etcd.new must fail")
 io.stdout:write(msg)]]):format(srv.https_endpoint, certs.other_ca)
-      local src, f, o = os.tmpname(), os.tmpname(), os.tmpname()
-      local h = assert(io.open(src, "w"))
-      h:write(script)
-      h:close()
-      local ok = os.execute(("%s lua5.4 %s >%s 2>%s"):format(env, src, o, f))
-      local err, out = slurp(f), slurp(o)
-      os.remove(f)
-      os.remove(o)
-      os.remove(src)
-      return ok, err, out
+      local status, out, err = helpers.run_lua(script, { env = env })
+      return status == 0, err, out
     end
 
     it("stay off stderr", function()

@@ -413,42 +413,15 @@ if how == "true" then os.exit(true, true) end
 -- "return": the end of the script closes the state
 ]]
 
-  -- Under ASan these children run without LeakSanitizer: they exit on
-  -- purpose with clients, calls and gRPC's threads still running (nothing to
-  -- leak-check), and LeakSanitizer's exit-time tracer (gcc 12) now and then
-  -- crashes scanning the thread-local storage of such threads ("Tracer
-  -- caught signal 11" in ScanRangeForPointers). ASan's checks stay on.
-  local NO_LSAN = helpers.under_asan
-    and "ASAN_OPTIONS=" .. helpers.shell_quote((os.getenv("ASAN_OPTIONS") or "") .. ":detect_leaks=0") .. " "
-    or ""
-
-  -- Run `script` in a child lua5.4 with the spec's module paths and these
-  -- arguments, killed after `seconds`: its exit status, stdout, stderr and
-  -- how long it took.
-  local function run_child(script, seconds, ...)
-    local src, out, err = os.tmpname(), os.tmpname(), os.tmpname()
-    helpers.write_file(src, script)
-    local args = {}
-    for i, a in ipairs { ... } do args[i] = helpers.shell_quote(a) end
-    local cmd = NO_LSAN .. ("LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d lua5.4 %s %s >%s 2>%s"):format(
-      helpers.shell_quote(package.path), helpers.shell_quote(package.cpath), seconds * helpers.slowdown,
-      helpers.shell_quote(src), table.concat(args, " "), helpers.shell_quote(out), helpers.shell_quote(err))
-    local t0 = core.now()
-    local _, _, status = os.execute(cmd)
-    local took = core.now() - t0
-    local o, e = assert(helpers.read_file(out)), assert(helpers.read_file(err))
-    os.remove(src)
-    os.remove(out)
-    os.remove(err)
-    return status, o, e, took
-  end
+  -- helpers.run_lua runs these children without LeakSanitizer under ASan:
+  -- they exit on purpose with clients, calls and gRPC's threads running.
 
   for _, how in ipairs { "exit", "close", "true", "return" } do
     it(("exits at once, status 0, nothing on stderr: %s"):format(
       how == "exit" and "os.exit(0)" or how == "close" and "os.exit(0, true)"
       or how == "true" and "os.exit(true, true)" or "end of script"), function()
       for _ = 1, 3 do
-        local status, out, err, took = run_child(SCRIPT, 20, srv.endpoint, how)
+        local status, out, err, took = helpers.run_lua(SCRIPT, { seconds = 20, args = { srv.endpoint, how } })
         assert.equal("", err)
         assert.equal("ready\n", out)
         assert.equal(0, status)
@@ -479,7 +452,7 @@ assert(etcd.new { endpoints = { "127.0.0.1:1" }, dial_timeout = 0.2 } == nil)
 -- c is left open: the state's finalizers close it
 ]]):format(srv.endpoint))
     for _ = 1, 3 do
-      local status, out, err = run_child(child, 30)
+      local status, out, err = helpers.run_lua(child)
       assert.equal("", err)
       assert.equal("mapped\ndone\n", out)
       assert.equal(0, status)
