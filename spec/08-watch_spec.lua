@@ -84,14 +84,7 @@ local function next_progress(w, limit)
   end
 end
 
-local function rss_kb()
-  local f = assert(io.open("/proc/self/status", "r"))
-  local s = f:read("a")
-  f:close()
-  local kb = tonumber(s:match("VmRSS:%s*(%d+)"))
-  if not kb then error("no VmRSS in /proc/self/status") end
-  return kb -- one value (busted's assert returns extra nils)
-end
+local rss_kb = require("testsupport").rss_kb -- VmRSS of this process, KiB
 
 
 local function rev_of(res) return res.header.revision end
