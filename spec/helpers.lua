@@ -159,12 +159,12 @@ end
 
 -- Children that exit on purpose run without LeakSanitizer under ASan. Every
 -- child lua5.4 ends with gRPC's threads still at work (gRPC lives as long as
--- the process): a connection attempt or a TLS handshake still in flight is
--- then reachable only through the kernel's epoll set, which LeakSanitizer
--- cannot see (a false "leak" of OpenSSL objects, seen in CI), and gcc 12's
--- exit-time leak tracer now and then crashes scanning such threads ("Tracer
--- caught signal 11"). ASan's and UBSan's other checks stay on in the child;
--- the spec process itself keeps the leak check (docs/SANITIZERS.md).
+-- the process), and what such a thread holds at that moment is not always
+-- visible to LeakSanitizer: CI once reported OpenSSL objects of a failed TLS
+-- handshake as leaked in spec/12's child. gcc 12's exit-time leak tracer also
+-- now and then crashes scanning such threads ("Tracer caught signal 11").
+-- ASan's and UBSan's other checks stay on in the child; the spec process
+-- itself keeps the leak check (docs/SANITIZERS.md).
 local CHILD_ASAN = M.under_asan
   and "ASAN_OPTIONS=" .. q((os.getenv("ASAN_OPTIONS") or "") .. ":detect_leaks=0") .. " "
   or ""
