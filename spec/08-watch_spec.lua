@@ -86,7 +86,6 @@ end
 
 local rss_kb = require("testsupport").rss_kb -- VmRSS of this process, KiB
 
-
 local function rev_of(res) return res.header.revision end
 
 describe("watch", function()
