@@ -14,7 +14,8 @@ OBJDIR      = $(OUTDIR)/obj
 MODULE      = $(OUTDIR)/etcd/core.so
 
 DEB_PKGS = lua5.4 liblua5.4-dev lua-busted libgrpc-dev libprotobuf-c-dev \
-           protobuf-c-compiler etcd-server etcd-client pkg-config openssl
+           protobuf-c-compiler etcd-server etcd-client pkg-config openssl \
+           lua-cqueues lua-luv
 
 PKG_CFLAGS = $(shell pkg-config --cflags grpc gpr libprotobuf-c $(LUA_PC) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs grpc gpr libprotobuf-c 2>/dev/null)
@@ -110,7 +111,7 @@ clean:
 # (.clang-tidy) on src/. Any finding fails the target.
 
 LINT_PKGS  = lua-check cppcheck clang-tidy
-LUA_LINTED = lua spec examples tools fuzz
+LUA_LINTED = lua spec examples tools fuzz bench
 TIDY_FLAGS = -std=gnu11 -Isrc -I$(GEN) $(PKG_CFLAGS)
 
 .PHONY: lint lint-deps
@@ -289,3 +290,13 @@ fuzz: deps fuzz-deps
 	$(MAKE) fuzz-build
 	$(call fuzz_run,decode,$(FUZZ_DECODE_MAX_LEN),)
 	$(call fuzz_run,options,$(FUZZ_OPTIONS_MAX_LEN),-detect_leaks=0)
+
+# ---------------------------------------------------------------------------
+# Benchmarks (bench/): scripts against a throw-away etcd, printing ratios.
+#   make bench-keepalive   get p50 with none / BENCH_KA kept-alive leases, and
+#                          the time to close them (BENCH_KA, BENCH_GETS, BENCH_ROUNDS)
+
+.PHONY: bench-keepalive
+bench-keepalive: deps
+	$(MAKE) all
+	$(LUA_ENV) $(LUA) bench/keepalive_get.lua

@@ -157,6 +157,8 @@ local METHODS = {
   close = { args = {} },
   endpoints = { args = {} },
   pollfd = { args = {} },
+  events = { args = {} },
+  timeout = { args = {} },
 }
 
 describe("hostile input", function()
@@ -323,6 +325,10 @@ describe("hostile input", function()
           assert.same({ srv.endpoint }, c:endpoints())
         elseif name == "pollfd" then
           assert.equal(fd, c:pollfd()) -- the fd stays the client's until it is collected
+        elseif name == "events" or name == "timeout" then
+          -- cqueues' polling protocol: a closed client stays pollable (its fd
+          -- was signalled at close)
+          assert.equal(name == "events" and "r" or nil, c[name](c))
         else
           local res, msg, code = c[name](c, table.unpack(a, 1, a.n))
           assert_fails("closed", "^etcd: client is closed$", res, msg, code)

@@ -13,7 +13,9 @@
  *   call:done(), call:result() -> table | nil, msg, code (once); call:cancel()
  *   core._pressure()             the collector pressure counters (below)
  */
+#include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
@@ -30,7 +32,6 @@
 
 #define CLIENT_MT "etcd.core.client"
 #define CALL_MT "etcd.core.call"
-#define MAX_METADATA 16
 
 #ifndef LUA_ETCD_VERSION
 #define LUA_ETCD_VERSION "scm"
@@ -337,6 +338,80 @@ static int l_wait(lua_State *L) {
   return 1;
 }
 
+/* client:_reap(t) -> n: the tokens made ready since the last reap, as
+ * integers in t[1..n] (t[n+1] is nil); t[1] == 0 means "every waiter of
+ * this client must look" (a token could not be listed). Drains the fd. */
+static int l_reap(lua_State *L) {
+  lclient *u = check_client(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (!u->c) {
+    lua_pushnil(L);
+    lua_rawseti(L, 2, 1);
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  const uint64_t *v;
+  int all;
+  size_t n = ec_client_reap(u->c, &v, &all);
+  lua_Integer k = 0;
+  if (all) {
+    lua_pushinteger(L, 0);
+    lua_rawseti(L, 2, ++k);
+  }
+  for (size_t i = 0; i < n; i++) {
+    lua_pushinteger(L, (lua_Integer)v[i]);
+    lua_rawseti(L, 2, ++k);
+  }
+  lua_pushnil(L);
+  lua_rawseti(L, 2, k + 1);
+  ec_client_reap_done(u->c);
+  lua_pushinteger(L, k);
+  return 1;
+}
+
+static int l_token(lua_State *L) {
+  lclient *u = check_client(L);
+  lua_pushinteger(L, u->c ? (lua_Integer)ec_client_token(u->c) : 0);
+  return 1;
+}
+
+/* core._poll({ client, ... }, seconds|nil) -> number of clients whose fd is
+ * readable (0: timed out). A client closed or released counts as readable:
+ * its waiters must look. */
+static int l_poll(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  int64_t ms = opt_ms(L, 2, -1);
+  struct pollfd fds[64];
+  nfds_t n = 0;
+  int ready = 0;
+  lua_Integer len = (lua_Integer)lua_rawlen(L, 1);
+  if (len > 64) return luaL_argerror(L, 1, "at most 64 clients");
+  for (lua_Integer i = 1; i <= len; i++) {
+    lua_rawgeti(L, 1, i);
+    lclient *u = luaL_testudata(L, -1, CLIENT_MT);
+    lua_pop(L, 1);
+    if (!u) return luaL_argerror(L, 1, "clients expected");
+    if (!u->c || ec_client_closed(u->c)) ready++;
+    else fds[n++] = (struct pollfd){ec_client_fd(u->c), POLLIN, 0};
+  }
+  if (ready) ms = 0;
+  int r;
+  do {
+    r = poll(fds, n, ms < 0 ? -1 : ms > INT32_MAX ? INT32_MAX : (int)ms);
+  } while (r < 0 && errno == EINTR);
+  lua_pushinteger(L, ready + (r > 0 ? r : 0));
+  return 1;
+}
+
+/* core.sleep(seconds): block the thread. */
+static int l_sleep(lua_State *L) {
+  int64_t ms = opt_ms(L, 1, 0);
+  struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+  return 0;
+}
+
 static int l_inflight(lua_State *L) {
   lclient *u = check_client(L);
   lua_pushinteger(L, u->c ? (lua_Integer)ec_client_inflight(u->c) : 0);
@@ -370,7 +445,7 @@ static size_t read_metadata(lua_State *L, int idx, ec_metadata *md) {
   while (lua_next(L, idx)) {
     if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
       luaL_argerror(L, idx, "metadata: string keys and values expected");
-    if (nmd == MAX_METADATA) luaL_argerror(L, idx, "metadata: too many entries");
+    if (nmd == EC_MAX_METADATA) luaL_argerror(L, idx, "metadata: too many entries");
     md[nmd].key = lua_tostring(L, -2); /* anchored by the table */
     md[nmd].value = lua_tolstring(L, -1, &md[nmd].value_len);
     nmd++;
@@ -402,7 +477,7 @@ static int l_unary(lua_State *L) {
   const ProtobufCMethodDescriptor *m = find_method(mname, &service);
   if (!m) return luaL_argerror(L, 2, "unknown etcd method");
 
-  ec_metadata md[MAX_METADATA];
+  ec_metadata md[EC_MAX_METADATA];
   size_t nmd = read_metadata(L, 5, md);
 
   pbconv_pack(L, 3, m->input);
@@ -434,6 +509,12 @@ static lcall *check_call(lua_State *L) {
 static int c_done(lua_State *L) {
   lcall *h = check_call(L);
   lua_pushboolean(L, !h->k || ec_call_done(h->k));
+  return 1;
+}
+
+static int c_token(lua_State *L) {
+  lcall *h = check_call(L);
+  lua_pushinteger(L, h->k ? (lua_Integer)ec_call_token(h->k) : 0);
   return 1;
 }
 
@@ -525,7 +606,7 @@ static int l_stream(lua_State *L) {
   const char *service;
   const ProtobufCMethodDescriptor *m = find_stream(mname, &service);
   if (!m) return luaL_argerror(L, 2, "unknown etcd streaming method");
-  ec_metadata md[MAX_METADATA];
+  ec_metadata md[EC_MAX_METADATA];
   size_t nmd = read_metadata(L, 4, md);
   char path[160];
   snprintf(path, sizeof path, "/%s/%s", service, m->name);
@@ -582,6 +663,12 @@ static int s_read(lua_State *L) {
     lua_pushstring(L, "INTERNAL");
     return 3;
   }
+  return 1;
+}
+
+static int s_token(lua_State *L) {
+  lstream *u = check_stream(L);
+  lua_pushinteger(L, u->s ? (lua_Integer)ec_stream_token(u->s) : 0);
   return 1;
 }
 
@@ -683,6 +770,12 @@ static int k_state(lua_State *L) {
   return 3;
 }
 
+static int k_token(lua_State *L) {
+  lka *u = luaL_checkudata(L, 1, KA_MT);
+  lua_pushinteger(L, u->l ? (lua_Integer)ec_keepalive_token(u->l) : 0);
+  return 1;
+}
+
 /* ka:close(): stop renewing; idempotent, also __gc and __close */
 static int k_close(lua_State *L) {
   lka *u = luaL_checkudata(L, 1, KA_MT);
@@ -699,7 +792,7 @@ static int l_set_metadata(lua_State *L) {
   int nret;
   ec_client *c = live_client(L, &nret);
   if (!c) return nret;
-  ec_metadata md[MAX_METADATA];
+  ec_metadata md[EC_MAX_METADATA];
   size_t n = read_metadata(L, 2, md);
   if (ec_client_set_metadata(c, md, n) != 0) return push_fail(L, "out of memory", "INTERNAL");
   lua_pushboolean(L, 1);
@@ -808,6 +901,12 @@ static int w_created(lua_State *L) {
   int r = u->w ? ec_watch_created(u->w) : -1;
   if (r < 0) lua_pushnil(L);
   else lua_pushboolean(L, r);
+  return 1;
+}
+
+static int w_token(lua_State *L) {
+  lwatch *u = luaL_checkudata(L, 1, WATCH_MT);
+  lua_pushinteger(L, u->w ? (lua_Integer)ec_watch_token(u->w) : 0);
   return 1;
 }
 
@@ -939,20 +1038,22 @@ __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
       {"_nkeepalives", l_nkeepalives}, {"_watch", l_watch},
       {"_request_progress", l_request_progress}, {"_nwatches", l_nwatches},
       {"_set_metadata", l_set_metadata}, {"_need_auth", l_need_auth},
-      {"_auth_refreshed", l_auth_refreshed},
+      {"_auth_refreshed", l_auth_refreshed}, {"_reap", l_reap},
+      {"_token", l_token},
       {NULL, NULL}};
   static const luaL_Reg watch_methods[] = {
       {"read", w_read},       {"queued", w_queued}, {"close", w_close},
-      {"created", w_created}, {NULL, NULL}};
+      {"created", w_created}, {"token", w_token}, {NULL, NULL}};
   static const luaL_Reg ka_methods[] = {
-      {"state", k_state}, {"close", k_close}, {NULL, NULL}};
+      {"state", k_state}, {"close", k_close}, {"token", k_token}, {NULL, NULL}};
   static const luaL_Reg stream_methods[] = {
       {"write", s_write},   {"read", s_read},     {"close_send", s_close_send},
       {"ended", s_ended},   {"queued", s_queued}, {"close", s_close},
-      {NULL, NULL}};
+      {"token", s_token},   {NULL, NULL}};
   static const luaL_Reg call_methods[] = {{"done", c_done},
                                           {"result", c_result},
                                           {"cancel", c_cancel},
+                                          {"token", c_token},
                                           {NULL, NULL}};
   pbconv_open(L);
   new_class(L, CLIENT_MT, client_methods, l_gc, l_close);
@@ -970,7 +1071,8 @@ __attribute__((visibility("default"))) int luaopen_etcd_core(lua_State *L) {
 
   static const luaL_Reg funcs[] = {
       {"new", l_new},       {"now", l_now},         {"_unpack", l_unpack},
-      {"_pack", l_pack},     {"_pressure", l_pressure}, {NULL, NULL}};
+      {"_pack", l_pack},     {"_pressure", l_pressure}, {"_poll", l_poll},
+      {"sleep", l_sleep},   {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_pushstring(L, LUA_ETCD_VERSION);
   lua_setfield(L, -2, "version");

@@ -120,7 +120,8 @@ end
 --- Check the object a method was called on (`cli.get(...)` instead of
 -- `cli:get(...)` passes the first argument as self).
 function M.self(v, mt, fname, level)
-  if getmetatable(v) ~= mt then
+  -- __valid: what a real object has and a forged one (setmetatable({}, mt)) lacks
+  if getmetatable(v) ~= mt or (mt.__valid and not mt.__valid(v)) then
     error(("%s: bad self (%s expected, got %s: call it as obj:%s(...))"):format(fname, mt.__name, typename(v),
       fname:match("[%w_]+$")), level + 1)
   end

@@ -10,6 +10,8 @@ local core = require "etcd.core"
 local check = require "etcd.check"
 local errors = require "etcd.errors"
 local wait = require "etcd.wait"
+local rpc = require "etcd.rpc"
+local sched = require "etcd.sched"
 local kv = require "etcd.kv"
 local txn = require "etcd.txn"
 local lease = require "etcd.lease"
@@ -27,10 +29,22 @@ local etcd = {
     return kv.prefix_end(key)
   end,
   Error = errors.Error,
+  -- coroutines (README "Using with coroutines")
+  spawn = sched.spawn,
+  run = sched.run,
+  sleep = function(seconds)
+    seconds = check.arg(seconds, "seconds", 1, "seconds", "etcd.sleep", 2)
+    return sched.sleep(seconds)
+  end,
+  yield = sched.yield,
+  first = sched.first,
 }
 
 local Client = { __name = "etcd.client" }
 Client.__index = Client
+-- a real client has its core; setmetatable({}, Client) does not
+local CORE_MT = debug.getregistry()["etcd.core.client"]
+function Client.__valid(v) return getmetatable(rawget(v, "_core")) == CORE_MT end
 
 local NEW_OPTS = {
   endpoints = "table", dial_timeout = "seconds", timeout = "seconds",
@@ -127,15 +141,14 @@ function etcd.new(opts)
   local dial = self._dial_timeout
   if dial > 0 then
     c:_dial(dial)
-    if not wait.until_ready(c, function() return c:_ready() end, dial) then
+    -- every change of a channel's state lists the client's own token
+    local up = wait.loop(c, c:_token(), wait.now() + dial, function() return c:_ready() or c:_closed() or false end)
+    if up == wait.TIMEOUT or not c:_ready() then
       -- gRPC keeps the reason with the channel: one call that fails fast
       -- brings it out (refused, TLS handshake, ...).
       local why = ""
-      local h = c:_unary("Maintenance.Status", {}, 1, nil, 1, true)
-      if h then
-        local _, m = wait.call(c, h, 1)
-        if m and m ~= "" then why = ": " .. m end
-      end
+      local _, m = rpc.once(c, "Maintenance.Status", {}, wait.now() + 1, nil, 1, true)
+      if m and m ~= "" then why = ": " .. m end
       local closed = why:find("Socket closed", 1, true) or why:find("Endpoint read failed", 1, true)
         or why:find("Connection reset by peer", 1, true)
       if closed and tls then
@@ -156,10 +169,10 @@ function etcd.new(opts)
     -- The password stays in this closure: never in a field, a message or
     -- tostring(cli).
     local user, password = o.user, o.password
-    self._login = function(timeout)
-      return self:_call_plain("Auth.Authenticate", { name = user, password = password }, timeout, nil, true)
+    self._login = function(dl)
+      return rpc.once(c, "Auth.Authenticate", { name = user, password = password }, dl)
     end
-    local ok, amsg, acode = self:_authenticate()
+    local ok, amsg, acode = self:_authenticate(wait.now() + self._timeout)
     if not ok then
       c:close()
       return nil, amsg, acode
@@ -172,7 +185,11 @@ end
 -- return nil, msg, "closed". Idempotent; also __close and __gc.
 function Client:close()
   check.self(self, Client, "close", 2)
-  self._core:close()
+  local c = self._core
+  c:close()
+  -- everything in flight ended as closed and listed its token: wake the
+  -- coroutines that wait on this client
+  wait.dispatch(c)
 end
 Client.__close = Client.close
 
@@ -186,6 +203,18 @@ function Client:pollfd()
   return self._core:pollfd()
 end
 
+--- cqueues' polling protocol (with pollfd): a client can be given to
+-- cqueues.poll; it is readable when its pump has something for Lua.
+function Client:events()
+  check.self(self, Client, "events", 2)
+  return "r"
+end
+
+function Client:timeout()
+  check.self(self, Client, "timeout", 2)
+  return nil
+end
+
 --- The endpoints this client uses, as gRPC targets.
 function Client:endpoints()
   check.self(self, Client, "endpoints", 2)
@@ -194,27 +223,11 @@ function Client:endpoints()
   return t
 end
 
--- Start a unary call and wait for its result. `chan`: 1-based index of the
--- endpoint to use (nil: the client's choice); `anonymous`: send no token.
-function Client:_call_plain(method, req, timeout, chan, anonymous)
-  timeout = timeout or self._timeout
-  local c = self._core
-  local h, msg, code = c:_unary(method, req, timeout, not anonymous and self._md or nil, chan)
-  if not h then return errors.fail(msg, code) end
-  return wait.call(c, h, timeout)
-end
-
--- etcd's answers that mean "log in again": the simple token expired (it does
--- after --auth-token-ttl unused), or the auth store changed since.
-local function auth_refusal(msg)
-  return msg and (msg:find("invalid auth token", 1, true) or msg:find("revision of auth store is old", 1, true)
-    or msg:find("user name is empty", 1, true)) ~= nil
-end
-
--- Log in (again) with the client's user and password; the new token goes on
--- every later call and on the streams the engine opens.
-function Client:_authenticate()
-  local res, msg, code = self._login()
+-- Log in (again) with the client's user and password before the absolute
+-- deadline `dl`; the new token goes on every later call and on the streams
+-- the engine opens. Callers go through rpc.relogin (one login at a time).
+function Client:_authenticate(dl)
+  local res, msg, code = self._login(dl or wait.now() + self._timeout)
   if not res and msg and msg:find("authentication is not enabled", 1, true) then
     -- auth is off (or was turned off): go on without a token, as Go does
     res = { token = nil }
@@ -228,20 +241,15 @@ function Client:_authenticate()
 end
 
 -- If etcd refused a watch for the token, log in again (from any wait).
-function Client:_check_auth()
-  if self._login and self._core:_need_auth() then self:_authenticate() end
+function Client:_check_auth(dl)
+  if self._login and self._core:_need_auth() then
+    rpc.relogin(self, self._md, dl or wait.now() + self._timeout)
+  end
 end
 
--- A unary call; a call refused for the token is retried once after a new login.
+-- A unary call (rpc.call): deadline, single-flight re-login.
 function Client:_call(method, req, timeout, chan)
-  local res, msg, code = self:_call_plain(method, req, timeout, chan)
-  if not res and self._login and auth_refusal(msg) then
-    local ok, m2, c2 = self:_authenticate()
-    if not ok then return nil, m2, c2 end
-    res, msg, code = self:_call_plain(method, req, timeout, chan)
-  end
-  if not res then return nil, msg, code end
-  return res
+  return rpc.call(self, method, req, timeout, chan)
 end
 
 -- Send an op (etcd.op.*) and shape its result.

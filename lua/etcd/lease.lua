@@ -9,7 +9,7 @@ local M = {}
 -- ---------------------------------------------------------------------------
 -- keep-alive object
 
-local KeepAlive = { __name = "etcd.keepalive" }
+local KeepAlive = { __name = "etcd.keepalive", _kind = "keep-alive" }
 KeepAlive.__index = KeepAlive
 M.KeepAlive = KeepAlive
 
@@ -23,29 +23,33 @@ function KeepAlive:next(timeout)
   check.self(self, KeepAlive, "ka:next", 2)
   if timeout == nil then timeout = self._timeout end
   if timeout ~= nil then timeout = check.value(timeout, "seconds", "ka:next: bad argument #1 (timeout)", 2) end
-  local deadline = timeout and (wait.now() + timeout)
-  local c = self._cli._core
-  while true do
-    local state, seq, x = self._h:state()
-    if state == "alive" then
-      if seq > self._seen then
-        self._seen = seq
-        return x
-      end
-    elseif state == "expired" then
-      return nil, x, "lease_expired"
-    else
-      return nil, x, "closed"
+  local r, msg, code = self:_next(timeout, "ka:next", 2)
+  return r, msg, code -- not a tail call: misuse is raised at the caller's level
+end
+
+function KeepAlive:_next(timeout, what, level)
+  wait.enter(self, what, level + 1)
+  local ok, r, msg = pcall(wait.loop, self._cli._core, self._tok, wait.deadline(timeout), self._look, what)
+  wait.leave(self)
+  if not ok then error(r, 0) end
+  if r == wait.TIMEOUT then return nil, "etcd: no keep-alive answer before the deadline", "timeout" end
+  if r then return r end
+  return nil, msg, self._code
+end
+
+-- One look at the lease's state: the newest answer not yet returned, false
+-- (nothing new), or nil, msg once the lease is lost or the object closed.
+local function look(self)
+  local state, seq, x = self._h:state()
+  if state == "alive" then
+    if seq > self._seen then
+      self._seen = seq
+      return x
     end
-    local left
-    if deadline then
-      left = deadline - wait.now()
-      if left <= 0 then return nil, "etcd: no keep-alive answer before the deadline", "timeout" end
-    end
-    if wait.block(c, left) == nil then
-      return nil, "etcd: client is closed", "closed"
-    end
+    return false
   end
+  self._code = state == "expired" and "lease_expired" or "closed"
+  return nil, x
 end
 
 --- for r in ka:responses() do ... end: each answer, as ka:next() gives them.
@@ -54,7 +58,7 @@ end
 function KeepAlive:responses()
   check.self(self, KeepAlive, "ka:responses", 2)
   return function()
-    local r, msg, code = self:next(nil)
+    local r, msg, code = self:_next(nil, "ka:responses", 2)
     if r then return r end
     if self._closed then return nil end
     error(errors.new(msg, code), 2)
@@ -134,7 +138,10 @@ function M.install(Client)
     -- like Go: the first answer may take the dial timeout plus a second
     local h, msg, code = self._core:_keepalive(id, self._dial_timeout + 1)
     if not h then return errors.fail(msg, code) end
-    return setmetatable({ _h = h, _cli = self, _seen = 0, _timeout = o.timeout, id = id }, KeepAlive)
+    local ka = setmetatable({ _h = h, _tok = h:token(), _cli = self, _seen = 0, _timeout = o.timeout, id = id },
+      KeepAlive)
+    ka._look = function() return look(ka) end
+    return ka
   end
 
   --- cli:keepalive_once(id, opts) -> { id, ttl, header }: renew the lease once.
@@ -149,7 +156,11 @@ function M.install(Client)
     if not st then return errors.fail(msg, code) end
     local res
     res, msg, code = st:write { ID = id }
-    if res then res, msg, code = wait.read(c, st, timeout) end
+    if res then
+      res, msg, code = wait.loop(c, st:token(), wait.deadline(timeout), function() return st:read() end)
+      if res == wait.TIMEOUT then res, msg, code = nil, "etcd: no keep-alive answer before the deadline", "timeout"
+      elseif res == nil then res, msg, code = errors.fail(msg, code) end
+    end
     st:close()
     if not res then return nil, msg, code end
     if res.ttl <= 0 then return nil, "etcdserver: requested lease not found", "lease_not_found" end

@@ -1,74 +1,210 @@
---- The one place where Lua waits for the C core.
--- Every blocking method is a *start* (C, returns at once with a call object)
--- followed by `wait.call`. Today a wait blocks the Lua state on the client's
--- eventfd (the pump thread signals it); a scheduler adapter can replace
--- `wait.block` to yield a coroutine instead, without touching any method.
+--- The one place where Lua waits for the C core (docs/DESIGN.md, "Waiting").
+--
+-- Every blocking method is a *start* (C, returns at once with an object that
+-- has a token) followed by `wait.loop`, which looks at the object, and while
+-- it has nothing to tell, parks until the object's token is reaped from its
+-- client's ready list, or the deadline passes. How a wait parks is the
+-- *driver*'s business, chosen by who is running:
+--
+--   * a coroutine started by etcd.spawn      -> the built-in scheduler (etcd.sched)
+--   * a coroutine started by etcd.luv.spawn  -> luv's loop (etcd.luv)
+--   * a coroutine run by a cqueues controller -> cqueues (etcd.cqueues)
+--   * anything else (the main thread, a plain coroutine) -> block the thread
+--
+-- Whoever reaps a client's ready list (`wait.dispatch`) wakes the waiters of
+-- exactly those tokens, whatever their driver: one implementation of waiting,
+-- several drivers.
 local core = require "etcd.core"
-local errors = require "etcd.errors"
 
 local M = {}
 
-M.now = core.now
+local now = core.now
+M.now = now
 
---- Block until the client's pump thread signals or `timeout` seconds pass
--- (nil: no limit). Returns true, false (timed out) or nil, msg, code.
-function M.block(ccli, timeout)
-  return ccli:_wait(timeout)
+--- Returned by `wait.loop` when the deadline passed.
+M.TIMEOUT = setmetatable({}, { __tostring = function() return "etcd.wait.TIMEOUT" end })
+
+-- token -> the record of the one waiter parked on it. A record is a table
+-- { tok =, cc =, wake = function(rec, why) } made by `wait.loop`; its driver
+-- sets `wake`.
+local waiters = {}
+M._waiters = waiters
+
+-- Drivers by coroutine (weak keys): etcd.spawn and etcd.luv.spawn register
+-- theirs. cqueues is recognised by asking it.
+local owner = setmetatable({}, { __mode = "k" })
+M.owner = owner
+
+-- ---------------------------------------------------------------------------
+-- reaping
+
+local function wake_all_of(cc)
+  local list = {}
+  for tok, rec in pairs(waiters) do
+    if rec.cc == cc then list[#list + 1] = tok end
+  end
+  for _, tok in ipairs(list) do
+    local rec = waiters[tok]
+    waiters[tok] = nil
+    rec:wake("ready")
+  end
 end
 
---- Wait for a started call and return its result (a table, or nil, msg, code).
--- gRPC enforces the call's deadline; `limit` (seconds) is a local safety net
--- in case it never answers.
-function M.call(ccli, h, limit)
-  local deadline = limit and (M.now() + limit + 2)
-  while not h:done() do
-    local left
-    if deadline then
-      left = deadline - M.now()
-      if left <= 0 then
-        h:cancel()
-        return errors.fail("etcd: no answer before the deadline", "timeout")
+--- Reap the tokens made ready on client `cc` (an etcd.core client) and wake
+-- their waiters. Safe to call from anywhere, any number of times: a reap with
+-- nothing ready costs one read() that finds the eventfd empty.
+function M.dispatch(cc)
+  local buf = {}
+  local n = cc:_reap(buf)
+  for i = 1, n do
+    local tok = buf[i]
+    if tok == 0 then
+      wake_all_of(cc)
+    else
+      local rec = waiters[tok]
+      if rec then
+        waiters[tok] = nil
+        rec:wake("ready")
       end
     end
-    local ok, msg, code = M.block(ccli, left)
-    if ok == nil and not h:done() then return errors.fail(msg, code) end
   end
-  local res, msg, code = h:result()
-  if res == nil then return errors.fail(msg, code) end
-  return res
+  return n
 end
 
---- Wait for the next message of a stream (etcd.core stream object) for at
--- most `timeout` seconds (nil: no limit). Returns the message, or nil, msg,
--- code ("timeout" when the time ran out; the stream stays usable).
-function M.read(ccli, st, timeout)
-  local deadline = timeout and (M.now() + timeout)
+-- ---------------------------------------------------------------------------
+-- the blocking driver: the thread sleeps in poll() on the client's eventfd
+
+local blocking = { name = "block" }
+M.blocking = blocking
+
+function blocking.park(_, cc, dl)
+  if not cc then
+    -- A Lua event (a coroutine's end, a login in flight) can only be signalled
+    -- by coroutines of the built-in scheduler: let them run one round.
+    return require("etcd.sched").step(dl)
+  end
+  local left = dl and dl - now()
+  if left and left < 0 then left = 0 end
+  local r = cc:_wait(left)
+  M.dispatch(cc)
+  if r == false then return "timeout" end
+  return "ready"
+end
+
+local function noop() end
+
+--- The driver for the running coroutine.
+function M.driver()
+  local co, main = coroutine.running()
+  if main then return blocking end
+  local d = owner[co]
+  if d then return d end
+  local cq = package.loaded.cqueues
+  if cq and cq.running then
+    local controller, inside = cq.running()
+    if controller and inside then return require "etcd.cqueues" end
+  end
+  return blocking
+end
+
+--- True when the running coroutine waits by yielding (a scheduler drives it).
+function M.yields()
+  return M.driver() ~= blocking
+end
+
+-- ---------------------------------------------------------------------------
+-- waiting
+
+--- Park once: until `tok` (a token of client `cc`) is reaped, or `dl`
+-- (absolute, wait.now() seconds; nil: none) passes. Returns "ready" or
+-- "timeout"; either way the caller looks at its object again.
+function M.park(cc, tok, dl, what)
+  local d = M.driver()
+  local co = coroutine.running()
+  local rec = { tok = tok, cc = cc, co = co, wake = noop }
+  if tok == 0 then tok = nil end -- a released object: nothing will list it
+  if tok then
+    local other = waiters[tok]
+    -- (a coroutine abandoned while parked, e.g. never resumed, is no waiter)
+    if other and other.co ~= co and coroutine.status(other.co) ~= "dead" then
+      error(("%s: another coroutine is already waiting on this object"):format(what or "etcd"), 3)
+    end
+    waiters[tok] = rec
+  end
+  local ok, why = pcall(d.park, rec, cc, dl)
+  if tok and waiters[tok] == rec then waiters[tok] = nil end
+  if not ok then error(why, 0) end
+  return why
+end
+
+--- Mark the running coroutine as the one waiting on `obj` (a watch, a
+-- keep-alive): a second coroutine waiting on it at the same time is misuse,
+-- raised at `level`. Returns the previous waiter, for `M.leave`.
+function M.enter(obj, what, level)
+  local co = coroutine.running()
+  local w = obj._waiter
+  if w and w ~= co and coroutine.status(w) ~= "dead" then
+    error(("%s: another coroutine is already waiting on this %s (one waiter at a time)"):format(what, obj._kind),
+      level + 1)
+  end
+  obj._waiter = co
+end
+
+function M.leave(obj)
+  obj._waiter = nil
+end
+
+--- Look at an object until it has something to say: `step()` returns false
+-- for "nothing yet", anything else is returned as it is. Between looks, park
+-- on `tok` of client `cc` until the absolute deadline `dl` (nil: none).
+-- Returns step's values, or wait.TIMEOUT once `dl` passed with nothing.
+-- `what` names the method in misuse errors (two waiters on one object).
+function M.loop(cc, tok, dl, step, what)
   while true do
-    local res, msg, code = st:read()
-    if res then return res end
-    if res == nil then return errors.fail(msg, code) end
-    local left
-    if deadline then
-      left = deadline - M.now()
-      if left <= 0 then return nil, "etcd: no message before the deadline", "timeout" end
-    end
-    local ok, m, c = M.block(ccli, left)
-    if ok == nil then
-      res = st:read()
-      if res then return res end
-      return errors.fail(m, c)
-    end
+    local a, b, c, d = step()
+    if a ~= false then return a, b, c, d end
+    if dl and now() >= dl then return M.TIMEOUT end
+    M.park(cc, tok, dl, what)
   end
 end
 
---- Wait until `ready()` is true or `timeout` seconds pass. Returns true or false.
-function M.until_ready(ccli, ready, timeout)
-  local deadline = M.now() + timeout
-  while not ready() do
-    local left = deadline - M.now()
-    if left <= 0 then return false end
-    local ok = M.block(ccli, left)
-    if ok == nil then return false end
+--- An absolute deadline `seconds` from now (nil stays nil: no limit).
+function M.deadline(seconds)
+  return seconds and now() + seconds
+end
+
+-- ---------------------------------------------------------------------------
+-- events: a Lua-side "something happened" that parked waiters can wait for
+-- (a coroutine's end, a login done), whatever their driver.
+
+local Event = {}
+Event.__index = Event
+
+function M.event()
+  return setmetatable({ fired = false, recs = {} }, Event)
+end
+
+--- Wake every waiter; later waits return at once.
+function Event:signal()
+  self.fired = true
+  local recs = self.recs
+  self.recs = {}
+  for _, rec in ipairs(recs) do rec:wake("ready") end
+end
+
+--- Wait until signalled or `dl` passes. Returns true (signalled) or false.
+function Event:wait(dl)
+  while not self.fired do
+    if dl and now() >= dl then return false end
+    local d = M.driver()
+    local rec = { co = coroutine.running(), wake = noop }
+    local recs = self.recs
+    recs[#recs + 1] = rec
+    local ok, why = pcall(d.park, rec, nil, dl)
+    for i = #recs, 1, -1 do
+      if recs[i] == rec then table.remove(recs, i) end
+    end
+    if not ok then error(why, 0) end
   end
   return true
 end

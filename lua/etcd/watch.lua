@@ -18,7 +18,7 @@ local WATCH_OPTS = {
   filters = "table", fragment = "boolean", timeout = "seconds",
 }
 
-local Watch = { __name = "etcd.watch" }
+local Watch = { __name = "etcd.watch", _kind = "watch" }
 Watch.__index = Watch
 M.Watch = Watch
 
@@ -39,46 +39,47 @@ local function compacted(self, rev)
     "compacted")
 end
 
--- Next response; `timeout` nil waits without limit.
-function Watch:_next(timeout)
-  if self._err then return nil, self._err[1], self._err[2] end
-  local deadline = timeout and (wait.now() + timeout)
-  local c = self._cli._core
-  while true do
-    local resp, st, reason, compact = self._h:read()
-    if resp then
-      if resp.canceled then
-        if resp.compact_revision > 0 then return compacted(self, resp.compact_revision) end
-        local msg = resp.cancel_reason ~= "" and resp.cancel_reason or "etcd: watch canceled by etcd"
-        return finish(self, msg, errors.classify(msg, "CANCELLED"))
-      end
-      local ns = self._ns
-      if ns ~= "" then for _, ev in ipairs(resp.events) do strip(ns, ev) end end
-      if #resp.events == 0 and resp.compact_revision == 0 and resp.header and resp.header.revision ~= 0 then
-        resp.progress_notify = true
-      end
-      return resp
-    elseif resp == nil then
-      if st == "closed" then
-        if self._closed then return finish(self, "etcd: watch is closed", "closed") end
-        return finish(self, "etcd: client is closed", "closed")
-      end
-      if compact and compact > 0 then return compacted(self, compact) end
-      local msg = reason ~= "" and reason or "etcd: watch ended"
+-- One look at the engine's queue: a response, false (nothing yet), or
+-- nil, msg, code once the watch has ended.
+local function look(self)
+  local resp, st, reason, compact = self._h:read()
+  if resp then
+    if resp.canceled then
+      if resp.compact_revision > 0 then return compacted(self, resp.compact_revision) end
+      local msg = resp.cancel_reason ~= "" and resp.cancel_reason or "etcd: watch canceled by etcd"
       return finish(self, msg, errors.classify(msg, "CANCELLED"))
     end
-    local left
-    if deadline then
-      left = deadline - wait.now()
-      if left <= 0 then return nil, "etcd: no watch response before the deadline", "timeout" end
+    local ns = self._ns
+    if ns ~= "" then for _, ev in ipairs(resp.events) do strip(ns, ev) end end
+    if #resp.events == 0 and resp.compact_revision == 0 and resp.header and resp.header.revision ~= 0 then
+      resp.progress_notify = true
     end
-    self._cli:_check_auth()
-    if wait.block(c, left) == nil and not self._closed then
-      -- the client closed: the engine marked the watch; read it once more
-      resp = self._h:read()
-      if resp == false then return finish(self, "etcd: client is closed", "closed") end
+    return resp
+  elseif resp == nil then
+    if st == "closed" then
+      if self._closed then return finish(self, "etcd: watch is closed", "closed") end
+      return finish(self, "etcd: client is closed", "closed")
     end
+    if compact and compact > 0 then return compacted(self, compact) end
+    local msg = reason ~= "" and reason or "etcd: watch ended"
+    return finish(self, msg, errors.classify(msg, "CANCELLED"))
   end
+  -- nothing yet: if etcd refused to re-create a watch for the token, log in
+  -- again (the engine listed every watch's token when it did)
+  self._cli:_check_auth()
+  return false
+end
+
+-- Next response; `timeout` nil waits without limit.
+-- `level`: where misuse (a second waiting coroutine) is raised.
+function Watch:_next(timeout, what, level)
+  if self._err then return nil, self._err[1], self._err[2] end
+  wait.enter(self, what, level + 1)
+  local ok, a, b, c = pcall(wait.loop, self._cli._core, self._tok, wait.deadline(timeout), self._look, what)
+  wait.leave(self)
+  if not ok then error(a, 0) end
+  if a == wait.TIMEOUT then return nil, "etcd: no watch response before the deadline", "timeout" end
+  return a, b, c
 end
 
 --- w:next(timeout) -> response | nil, msg, code. Waits up to `timeout`
@@ -88,7 +89,8 @@ function Watch:next(timeout)
   check.self(self, Watch, "w:next", 2)
   if timeout == nil then timeout = self._timeout end
   if timeout ~= nil then timeout = check.value(timeout, "seconds", "w:next: bad argument #1 (timeout)", 2) end
-  return self:_next(timeout)
+  local resp, msg, code = self:_next(timeout, "w:next", 2)
+  return resp, msg, code -- not a tail call: misuse is raised at the caller's level
 end
 
 --- for resp in w:responses() do ... end (waits without limit). Ends when the
@@ -96,7 +98,7 @@ end
 function Watch:responses()
   check.self(self, Watch, "w:responses", 2)
   return function()
-    local resp, msg, code = self:_next(nil)
+    local resp, msg, code = self:_next(nil, "w:responses", 2)
     if resp then return resp end
     if self._closed then return nil end
     error(errors.new(msg, code), 2)
@@ -109,7 +111,7 @@ function Watch:events()
   local evs, i = {}, 0
   return function()
     while i >= #evs do
-      local resp, msg, code = self:_next(nil)
+      local resp, msg, code = self:_next(nil, "w:events", 2)
       if not resp then
         if self._closed then return nil end
         error(errors.new(msg, code), 2)
@@ -156,7 +158,9 @@ function M.install(Client)
                   filters = filters }
     local h, msg, code = self._core:_watch(req, o.start_revision, o.fragment)
     if not h then return errors.fail(msg, code) end
-    local w = setmetatable({ _h = h, _cli = self, _timeout = o.timeout, _ns = self._ns, key = key }, Watch)
+    local w = setmetatable({ _h = h, _tok = h:token(), _cli = self, _timeout = o.timeout, _ns = self._ns,
+                             key = key }, Watch)
+    w._look = function() return look(w) end
     -- Return once etcd has created the watch, so that every change made after
     -- cli:watch() returns is seen; a refused watch fails here.
     local limit = self._timeout
@@ -164,13 +168,13 @@ function M.install(Client)
       self:_check_auth()
       return h:created() ~= false
     end
-    if not wait.until_ready(self._core, created, limit) then
+    if wait.loop(self._core, w._tok, wait.deadline(limit), created, "watch") == wait.TIMEOUT then
       h:close()
       if self._core:_closed() then return nil, "etcd: client is closed", "closed" end
       return nil, ("etcd: watch not created within %gs"):format(limit), "timeout"
     end
     if h:created() == nil then
-      local _, m, c = w:_next(0)
+      local _, m, c = w:_next(0, "watch", 2)
       h:close()
       return nil, m, c
     end

@@ -25,6 +25,7 @@
 
 struct ec_call {
   ec_tag tag;
+  ec_ready ready;
   atomic_int refs;
   atomic_int done;
   ec_client *client;
@@ -103,6 +104,66 @@ void ec_signal(ec_client *c) {
   /* EAGAIN means the counter is already huge: a wake-up is pending anyway. */
 }
 
+/* ---------------------------------------------------------------------- */
+/* the completion protocol (engine.h)                                       */
+
+static atomic_uint_fast64_t token_counter;
+
+uint64_t ec_token_new(void) { return (uint64_t)atomic_fetch_add(&token_counter, 1) + 1; }
+
+void ec_ready_locked(ec_client *c, ec_ready *r) {
+  if (!r->token || r->gen == c->reap_gen) return;
+  ec_tokens *t = &c->ready;
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    uint64_t *v = realloc(t->v, cap * sizeof *v);
+    if (!v) {
+      /* cannot list it: the next reap wakes everyone instead */
+      c->ready_all = 1;
+      ec_signal(c);
+      return;
+    }
+    t->v = v;
+    t->cap = cap;
+  }
+  r->gen = c->reap_gen;
+  t->v[t->n++] = r->token;
+  if (t->n == 1) ec_signal(c);
+}
+
+static void drain_fd(ec_client *c) {
+  uint64_t v;
+  ssize_t n;
+  do {
+    n = read(c->efd, &v, sizeof v);
+  } while (n < 0 && errno == EINTR);
+}
+
+size_t ec_client_reap(ec_client *c, const uint64_t **out, int *all) {
+  /* Drain first: a token listed after the swap below signals again. */
+  drain_fd(c);
+  pthread_mutex_lock(&c->mu);
+  if (c->reaped.n == 0) {
+    ec_tokens t = c->reaped;
+    c->reaped = c->ready;
+    c->ready = t;
+    c->reap_gen++;
+  } else if (c->ready.n || c->ready_all) {
+    /* the last reap was not finished (its reader raised): hand that out
+     * first, and keep the fd readable for what came since */
+    ec_signal(c);
+  }
+  *all = c->ready_all;
+  c->ready_all = 0;
+  pthread_mutex_unlock(&c->mu);
+  *out = c->reaped.v;
+  return c->reaped.n;
+}
+
+void ec_client_reap_done(ec_client *c) { c->reaped.n = 0; }
+
+uint64_t ec_client_token(const ec_client *c) { return c->self.token; }
+
 char *ec_dup_slice(grpc_slice s) {
   size_t n = GRPC_SLICE_LENGTH(s);
   char *p = malloc(n + 1);
@@ -126,6 +187,8 @@ void ec_client_unref(ec_client *c) {
   free_md(c->md, c->nmd);
   for (size_t i = 0; i < c->nchan; i++) free(c->chans[i].target);
   free(c->chans);
+  free(c->ready.v);
+  free(c->reaped.v);
   if (c->efd >= 0) close(c->efd);
   pthread_mutex_destroy(&c->mu);
   free(c);
@@ -165,6 +228,7 @@ static void chan_watch_done(ec_tag *tag, int ok) {
   ec_client *c = ch->client;
   pthread_mutex_lock(&c->mu);
   ch->watching = 0;
+  ec_ready_locked(c, &c->self);
   if (!c->closed && ok) {
     grpc_connectivity_state st =
         grpc_channel_check_connectivity_state(ch->channel, 1);
@@ -176,7 +240,6 @@ static void chan_watch_done(ec_tag *tag, int ok) {
     }
   }
   pthread_mutex_unlock(&c->mu);
-  ec_signal(c);
 }
 
 void ec_client_dial(ec_client *c, int64_t timeout_ms) {
@@ -270,6 +333,8 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
   c->efd = -1;
   pthread_mutex_init(&c->mu, NULL);
   c->pid = (long)getpid();
+  c->self.token = ec_token_new();
+  c->reap_gen = 1;
   c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (c->efd < 0) {
     snprintf(err, errlen, "eventfd: %s", strerror(errno));
@@ -404,7 +469,11 @@ void ec_client_close(ec_client *c) {
   }
   ec_ka_free(c);
   ec_wm_free(c);
-  ec_signal(c); /* wake any waiter: it will find the client closed */
+  /* Every call, stream, watch and keep-alive listed itself as it ended; the
+   * client's own token wakes whoever waits for connectivity. */
+  pthread_mutex_lock(&c->mu);
+  ec_ready_locked(c, &c->self);
+  pthread_mutex_unlock(&c->mu);
 }
 
 void ec_client_release(ec_client *c) {
@@ -428,6 +497,7 @@ const char *ec_client_target(const ec_client *c, size_t i) {
 }
 
 int ec_client_set_metadata(ec_client *c, const ec_metadata *md, size_t n) {
+  if (n > EC_MAX_METADATA) return -1;
   ec_metadata *copy = n ? calloc(n, sizeof *copy) : NULL;
   if (n && !copy) return -1;
   for (size_t i = 0; i < n; i++) {
@@ -483,13 +553,6 @@ int ec_client_wait(ec_client *c, int timeout_ms) {
     r = poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms);
   } while (r < 0 && errno == EINTR);
   if (r < 0) return -1;
-  if (r > 0) {
-    uint64_t v;
-    ssize_t n;
-    do {
-      n = read(c->efd, &v, sizeof v);
-    } while (n < 0 && errno == EINTR);
-  }
   if (ec_client_closed(c)) return -1;
   return r > 0;
 }
@@ -629,11 +692,10 @@ static void unary_done(ec_tag *tag, int ok) {
   c->ninflight--;
   grpc_call *call = k->call;
   k->call = NULL;
+  atomic_store(&k->done, 1);
+  ec_ready_locked(c, &k->ready);
   pthread_mutex_unlock(&c->mu);
   grpc_call_unref(call);
-
-  atomic_store(&k->done, 1);
-  ec_signal(c);
   call_unref(k); /* the pump's reference */
 }
 
@@ -647,6 +709,7 @@ ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
     return NULL;
   }
   k->tag.done = unary_done;
+  k->ready.token = ec_token_new();
   atomic_init(&k->refs, 2); /* the caller's and the pump's */
   atomic_init(&k->done, 0);
   k->status = GRPC_STATUS_UNKNOWN;
@@ -743,6 +806,7 @@ const void *ec_call_response(const ec_call *k, size_t *len) {
   return k->response;
 }
 int ec_call_channel(const ec_call *k) { return k->chan; }
+uint64_t ec_call_token(const ec_call *k) { return k->ready.token; }
 
 void ec_call_release(ec_call *k) {
   /* A call dropped before it finished is cancelled: nobody wants the answer. */

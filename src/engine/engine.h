@@ -3,9 +3,11 @@
  * Lua: no file under src/engine/ includes lua.h.
  *
  * One ec_client owns one completion queue, one channel per endpoint and one
- * pump thread that drains the queue. The pump thread completes operations and
- * signals an eventfd; the Lua side waits on that fd (ec_client_wait) or hands it
- * to an event loop, then reads the results. Nothing here ever calls into Lua.
+ * pump thread that drains the queue. The pump thread completes operations,
+ * lists their tokens as ready and signals an eventfd; the Lua side waits on
+ * that fd (ec_client_wait) or hands it to an event loop, reaps the ready
+ * tokens (ec_client_reap) and reads the results of just those objects.
+ * Nothing here ever calls into Lua.
  */
 #ifndef ETCD_ENGINE_H
 #define ETCD_ENGINE_H
@@ -32,6 +34,10 @@ typedef struct ec_config {
   int tls;
   const char *ca_pem, *cert_pem, *key_pem, *server_name;
 } ec_config;
+
+/* The most metadata entries a call carries (the caller's); the streams the
+ * engine opens add their own one to the client's. */
+#define EC_MAX_METADATA 16
 
 typedef struct ec_metadata {
   const char *key;   /* lower-case ASCII */
@@ -65,9 +71,30 @@ const char *ec_client_target(const ec_client *c, size_t i);
 void ec_client_dial(ec_client *c, int64_t timeout_ms);
 /* 1 if some channel is READY. */
 int ec_client_ready(ec_client *c);
-/* Wait until the pump signals or timeout_ms passes (<0: no limit).
- * Returns 1 signalled, 0 timed out, -1 closed or error. */
+/* ---- the completion protocol ------------------------------------------
+ * Every object Lua may wait on (client, call, stream, watch, keep-alive) has
+ * a token, unique in the process and never 0. Whenever the pump changes what
+ * such an object would tell Lua (a call finished, a message was queued, a
+ * watch was created or ended, a lease was renewed or lost, a channel changed
+ * state, the client closed), it updates the object first, then puts its
+ * token on the client's ready list, at most once between two reaps, and
+ * signals the eventfd when the list was empty. One driver reaps the list and
+ * wakes exactly the waiters of those tokens; a waiter then looks at its
+ * object again. A token reaped before its waiter registered is harmless: the
+ * object's state already shows what happened. */
+
+/* Wait until the eventfd is readable or timeout_ms passes (<0: no limit),
+ * without draining it (ec_client_reap does). Returns 1 readable, 0 timed
+ * out, -1 closed or error. */
 int ec_client_wait(ec_client *c, int timeout_ms);
+/* Drain the eventfd and take every token made ready since the last reap:
+ * returns their count with *out pointing at them (valid until
+ * ec_client_reap_done), and *all = 1 when some could not be listed (out of
+ * memory): then every waiter must look. Only the thread that owns the
+ * client's Lua state reaps. */
+size_t ec_client_reap(ec_client *c, const uint64_t **out, int *all);
+void ec_client_reap_done(ec_client *c);
+uint64_t ec_client_token(const ec_client *c);
 /* Metadata every stream the engine opens by itself carries from now on (the
  * auth token); copies it. 0, or -1 when out of memory. */
 int ec_client_set_metadata(ec_client *c, const ec_metadata *md, size_t n);
@@ -96,6 +123,7 @@ int ec_call_end(const ec_call *k);    /* EC_END_* */
 const char *ec_call_details(const ec_call *k);
 const void *ec_call_response(const ec_call *k, size_t *len);
 int ec_call_channel(const ec_call *k);
+uint64_t ec_call_token(const ec_call *k);
 void ec_call_release(ec_call *k);
 
 /* ---- bidirectional streams ------------------------------------------
@@ -125,6 +153,7 @@ void ec_stream_cancel(ec_stream *s);
 /* Cancel if still running and drop the caller's reference. */
 void ec_stream_release(ec_stream *s);
 size_t ec_client_nstreams(ec_client *c);
+uint64_t ec_stream_token(const ec_stream *s);
 
 /* ---- lease keep-alive -----------------------------------------------
  * The pump thread renews registered leases on the client's shared
@@ -151,6 +180,7 @@ int ec_keepalive_state(ec_lease *l, uint64_t *seq, ec_ka_response *latest,
 /* Stop renewing (idempotent) and drop the caller's reference. */
 void ec_keepalive_release(ec_lease *l);
 size_t ec_client_nkeepalives(ec_client *c);
+uint64_t ec_keepalive_token(const ec_lease *l);
 
 /* ---- watch ------------------------------------------------------------
  * Every watch of a client shares one Watch stream, demultiplexed by
@@ -183,5 +213,6 @@ void ec_watch_release(ec_watch *w);
 /* Send a WatchProgressRequest on the watch stream; 0 when there is none. */
 int ec_watch_request_progress(ec_client *c);
 size_t ec_client_nwatches(ec_client *c);
+uint64_t ec_watch_token(const ec_watch *w);
 
 #endif

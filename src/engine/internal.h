@@ -31,6 +31,26 @@ void ec_queue_push(ec_queue *q, ec_msg *m);
 ec_msg *ec_queue_pop(ec_queue *q);
 void ec_queue_clear(ec_queue *q);
 
+/* Completion identity (engine.h, "completion protocol"). Every object Lua can
+ * wait on embeds one: its token, and the reap generation in which it was last
+ * put on the client's ready list, so that it is listed at most once between
+ * two reaps. */
+typedef struct ec_ready {
+  uint64_t token; /* 0: nobody waits on this object (engine-internal) */
+  uint64_t gen;
+} ec_ready;
+
+typedef struct ec_tokens {
+  uint64_t *v;
+  size_t n, cap;
+} ec_tokens;
+
+/* A new token, unique in the process, never 0. */
+uint64_t ec_token_new(void);
+/* With c->mu held, after the object's state changed: put its token on the
+ * ready list (once per reap) and signal the eventfd when the list was empty. */
+void ec_ready_locked(ec_client *c, ec_ready *r);
+
 /* Every completion-queue tag starts with this: the pump calls `done`. */
 typedef struct ec_tag {
   void (*done)(struct ec_tag *tag, int ok);
@@ -45,15 +65,21 @@ typedef struct ec_chan {
   gpr_timespec watch_until;
 } ec_chan;
 
-/* The keep-alive manager (keepalive.c), driven by the pump thread. */
+/* The keep-alive manager (keepalive.c), driven by the pump thread. Leases
+ * are found by id in a hash (chained; several keep-alives may renew one id)
+ * and wait for their next send or expiry in a deadline heap, so an answer,
+ * a tick or a release costs O(log n), not a scan of every lease. */
 typedef struct ec_lease ec_lease;
 typedef struct ec_ka {
   ec_stream *stream;
   int stream_ended;
   int idle; /* we cancelled the stream: nothing needed it */
   gpr_timespec reopen_at;
-  ec_lease *leases; /* singly linked */
-  size_t n;
+  ec_lease **buckets; /* hash by id; nbuckets is a power of two */
+  size_t nbuckets;
+  ec_lease **heap; /* alive leases by min(next_send, expires) */
+  size_t nheap, capheap;
+  size_t n; /* registered (alive or not, until released) */
 } ec_ka;
 
 /* The watch manager (watch.c), driven by the pump thread. */
@@ -91,6 +117,14 @@ struct ec_client {
   ec_metadata *md;
   size_t nmd;
   int need_auth; /* etcd refused a watch create for the token: Lua must log in */
+  /* The completion protocol: tokens ready since the last reap, the buffer
+   * the last reap handed out (until ec_client_reap_done), the generation
+   * (one per reap), and `all` when a token could not be listed (out of
+   * memory): the next reap then says "wake every waiter". */
+  ec_tokens ready, reaped;
+  uint64_t reap_gen;
+  int ready_all;
+  ec_ready self; /* the client's own token: connectivity, auth, close */
   size_t max_send; /* the channels' send limit, bytes */
 };
 

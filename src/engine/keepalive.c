@@ -20,9 +20,12 @@
 #define REOPEN_MS 500
 
 struct ec_lease {
+  ec_ready ready;
   atomic_int refs; /* the caller's and the manager's */
   ec_client *client;
-  ec_lease *next;
+  ec_lease *hnext; /* hash chain */
+  int registered;  /* in the hash (the manager holds a reference) */
+  size_t hidx;     /* position in the deadline heap + 1; 0: not in it */
   int64_t id;
   int state;
   gpr_timespec next_send, expires;
@@ -51,9 +54,126 @@ static void lease_unref_n(ec_lease *l, int n) {
   free(l);
 }
 
+/* ---- the deadline heap and the id hash (c->mu held) ------------------- */
+
+static gpr_timespec key_of(const ec_lease *l) { return tmin(l->next_send, l->expires); }
+
+static int before(const ec_lease *a, const ec_lease *b) {
+  return gpr_time_cmp(key_of(a), key_of(b)) < 0;
+}
+
+static void heap_put(ec_ka *ka, size_t i, ec_lease *l) {
+  ka->heap[i] = l;
+  l->hidx = i + 1;
+}
+
+static void heap_up(ec_ka *ka, size_t i) {
+  ec_lease *l = ka->heap[i];
+  while (i > 0) {
+    size_t p = (i - 1) / 2;
+    if (!before(l, ka->heap[p])) break;
+    heap_put(ka, i, ka->heap[p]);
+    i = p;
+  }
+  heap_put(ka, i, l);
+}
+
+static void heap_down(ec_ka *ka, size_t i) {
+  ec_lease *l = ka->heap[i];
+  for (;;) {
+    size_t a = 2 * i + 1, b = a + 1, m = i;
+    const ec_lease *best = l;
+    if (a < ka->nheap && before(ka->heap[a], best)) m = a, best = ka->heap[a];
+    if (b < ka->nheap && before(ka->heap[b], best)) m = b;
+    if (m == i) break;
+    heap_put(ka, i, ka->heap[m]);
+    i = m;
+  }
+  heap_put(ka, i, l);
+}
+
+/* After l's key changed. */
+static void heap_fix(ec_ka *ka, ec_lease *l) {
+  if (!l->hidx) return;
+  heap_up(ka, l->hidx - 1);
+  heap_down(ka, l->hidx - 1);
+}
+
+static int heap_insert(ec_ka *ka, ec_lease *l) {
+  if (ka->nheap == ka->capheap) {
+    size_t cap = ka->capheap ? ka->capheap * 2 : 64;
+    ec_lease **h = realloc(ka->heap, cap * sizeof(ec_lease *));
+    if (!h) return -1;
+    ka->heap = h;
+    ka->capheap = cap;
+  }
+  heap_put(ka, ka->nheap++, l);
+  heap_up(ka, ka->nheap - 1);
+  return 0;
+}
+
+static void heap_remove(ec_ka *ka, ec_lease *l) {
+  if (!l->hidx) return;
+  size_t i = l->hidx - 1;
+  l->hidx = 0;
+  ec_lease *last = ka->heap[--ka->nheap];
+  if (i < ka->nheap) {
+    heap_put(ka, i, last);
+    heap_up(ka, i);
+    heap_down(ka, last->hidx - 1);
+  }
+}
+
+static size_t bucket_of(const ec_ka *ka, int64_t id) {
+  uint64_t h = (uint64_t)id * 0x9e3779b97f4a7c15ULL;
+  return (size_t)(h >> 32) & (ka->nbuckets - 1);
+}
+
+static int hash_grow(ec_ka *ka) {
+  size_t nb = ka->nbuckets ? ka->nbuckets * 2 : 64;
+  ec_lease **b = calloc(nb, sizeof(ec_lease *));
+  if (!b) return -1;
+  ec_ka old = *ka;
+  ka->buckets = b;
+  ka->nbuckets = nb;
+  for (size_t i = 0; i < old.nbuckets; i++) {
+    ec_lease *l = old.buckets[i];
+    while (l) {
+      ec_lease *next = l->hnext;
+      size_t k = bucket_of(ka, l->id);
+      l->hnext = b[k];
+      b[k] = l;
+      l = next;
+    }
+  }
+  free(old.buckets);
+  return 0;
+}
+
+static int hash_insert(ec_ka *ka, ec_lease *l) {
+  if (ka->n >= ka->nbuckets && hash_grow(ka) != 0 && !ka->nbuckets) return -1;
+  size_t k = bucket_of(ka, l->id);
+  l->hnext = ka->buckets[k];
+  ka->buckets[k] = l;
+  ka->n++;
+  return 0;
+}
+
+static void hash_remove(ec_ka *ka, ec_lease *l) {
+  for (ec_lease **p = &ka->buckets[bucket_of(ka, l->id)]; *p; p = &(*p)->hnext)
+    if (*p == l) {
+      *p = l->hnext;
+      ka->n--;
+      return;
+    }
+}
+
+/* With c->mu held: the lease is no longer alive (out of the heap). */
 static void lose(ec_lease *l, int state, const char *reason) {
   l->state = state;
   snprintf(l->reason, sizeof l->reason, "%s", reason);
+  heap_remove(&l->client->ka, l);
+  ec_ready_locked(l->client, &l->ready);
 }
 
 /* ---- stream consumer (pump thread, c->mu held) ------------------------ */
@@ -61,12 +181,15 @@ static void lose(ec_lease *l, int state, const char *reason) {
 static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
   ec_client *c = ud;
   (void)s;
+  if (!c->ka.nbuckets) return;
   Etcdserverpb__LeaseKeepAliveResponse *r =
       etcdserverpb__lease_keep_alive_response__unpack(NULL, len,
                                                       (const uint8_t *)data);
   if (!r) return;
   gpr_timespec now = now_mono();
-  for (ec_lease *l = c->ka.leases; l; l = l->next) {
+  ec_lease *next;
+  for (ec_lease *l = c->ka.buckets[bucket_of(&c->ka, r->id)]; l; l = next) {
+    next = l->hnext; /* lose() leaves the chain as it is */
     if (l->id != r->id || l->state != EC_KA_ALIVE) continue;
     if (r->ttl <= 0) {
       char why[160];
@@ -87,6 +210,8 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
     }
     l->expires = after_ms(now, r->ttl * 1000);
     l->next_send = after_ms(now, r->ttl * 1000 / 3);
+    heap_fix(&c->ka, l);
+    ec_ready_locked(c, &l->ready);
   }
   etcdserverpb__lease_keep_alive_response__free_unpacked(r, NULL);
 }
@@ -107,19 +232,23 @@ static size_t encode_request(int64_t id, uint8_t *buf) {
   return etcdserverpb__lease_keep_alive_request__pack(&req, buf);
 }
 
+/* Send a renewal now (if the stream takes it); either way the next try is
+ * RETRY_MS from now, until etcd answers. */
 static void send_locked(ec_client *c, ec_lease *l, gpr_timespec now) {
   uint8_t buf[16];
   size_t n = encode_request(l->id, buf);
-  if (ec_stream_write_locked(c->ka.stream, buf, n) == 0)
-    l->next_send = after_ms(now, RETRY_MS);
+  if (c->ka.stream && !c->ka.stream_ended)
+    ec_stream_write_locked(c->ka.stream, buf, n);
+  l->next_send = after_ms(now, RETRY_MS);
+  heap_fix(&c->ka, l);
 }
 
 static void open_locked(ec_client *c, gpr_timespec now) {
   char err[128];
   /* Fail fast on a member that is down: the pump tries again in 500 ms on
    * whichever member is ready then, instead of waiting on this one. */
-  ec_metadata md[8];
-  size_t nmd = ec_stream_md_locked(c, KA_MD, 1, md, 8);
+  ec_metadata md[EC_MAX_METADATA + 1];
+  size_t nmd = ec_stream_md_locked(c, KA_MD, 1, md, EC_MAX_METADATA + 1);
   c->ka.stream = ec_stream_start_locked(c, KA_PATH, -1, -1, md, nmd, 0,
                                         &KA_HOOKS, c, err, sizeof err);
   c->ka.stream_ended = 0;
@@ -127,28 +256,24 @@ static void open_locked(ec_client *c, gpr_timespec now) {
     c->ka.reopen_at = after_ms(now, REOPEN_MS);
     return;
   }
-  for (ec_lease *l = c->ka.leases; l; l = l->next)
-    if (l->state == EC_KA_ALIVE) l->next_send = now;
+  /* a new stream: every alive lease is due now (the order stays a heap) */
+  for (size_t i = 0; i < c->ka.nheap; i++)
+    c->ka.heap[i]->next_send = now;
+  for (size_t i = c->ka.nheap; i-- > 0;) heap_down(&c->ka, i);
 }
 
 gpr_timespec ec_ka_deadline_locked(ec_client *c) {
   gpr_timespec dl = gpr_inf_future(GPR_CLOCK_MONOTONIC);
-  int alive = 0;
-  for (ec_lease *l = c->ka.leases; l; l = l->next) {
-    if (l->state != EC_KA_ALIVE) continue;
-    alive = 1;
-    dl = tmin(dl, tmin(l->next_send, l->expires));
-  }
-  if (alive && (!c->ka.stream || c->ka.stream_ended))
-    dl = tmin(dl, c->ka.reopen_at);
+  if (!c->ka.nheap) return dl;
+  dl = key_of(c->ka.heap[0]);
+  if (!c->ka.stream || c->ka.stream_ended) dl = tmin(dl, c->ka.reopen_at);
   return dl;
 }
 
 void ec_ka_tick(ec_client *c) {
   ec_stream *dead = NULL;
-  int changed = 0;
   pthread_mutex_lock(&c->mu);
-  if (c->closed || !c->ka.leases) {
+  if (c->closed || (!c->ka.nheap && !c->ka.stream)) {
     pthread_mutex_unlock(&c->mu);
     return;
   }
@@ -161,36 +286,28 @@ void ec_ka_tick(ec_client *c) {
     c->ka.reopen_at = c->ka.idle ? now : after_ms(now, REOPEN_MS);
     c->ka.idle = 0;
   }
-  size_t alive = 0;
-  for (ec_lease *l = c->ka.leases; l; l = l->next) {
-    if (l->state != EC_KA_ALIVE) continue;
+  if (c->ka.nheap && !c->ka.stream && gpr_time_cmp(now, c->ka.reopen_at) >= 0)
+    open_locked(c, now);
+  /* what is due: expire the late, renew the rest */
+  while (c->ka.nheap && gpr_time_cmp(key_of(c->ka.heap[0]), now) <= 0) {
+    ec_lease *l = c->ka.heap[0];
     if (gpr_time_cmp(now, l->expires) >= 0) {
       char why[160];
       snprintf(why, sizeof why,
                "etcd: lease %" PRIx64 " expired: no answer from etcd before its TTL ran out",
                (uint64_t)l->id);
       lose(l, EC_KA_EXPIRED, why);
-      changed = 1;
-      continue;
-    }
-    alive++;
-  }
-  if (alive && !c->ka.stream && gpr_time_cmp(now, c->ka.reopen_at) >= 0)
-    open_locked(c, now);
-  if (c->ka.stream) {
-    if (!alive) {
-      /* nothing left to renew: let the stream go */
-      ec_stream_cancel_locked(c->ka.stream);
-      c->ka.idle = 1;
     } else {
-      for (ec_lease *l = c->ka.leases; l; l = l->next)
-        if (l->state == EC_KA_ALIVE && gpr_time_cmp(now, l->next_send) >= 0)
-          send_locked(c, l, now);
+      send_locked(c, l, now);
     }
+  }
+  if (c->ka.stream && !c->ka.nheap && !c->ka.idle) {
+    /* nothing left to renew: let the stream go */
+    ec_stream_cancel_locked(c->ka.stream);
+    c->ka.idle = 1;
   }
   pthread_mutex_unlock(&c->mu);
   if (dead) ec_stream_release(dead);
-  if (changed) ec_signal(c);
 }
 
 /* ---- API -------------------------------------------------------------- */
@@ -205,6 +322,7 @@ ec_lease *ec_keepalive_start(ec_client *c, int64_t id, int64_t first_timeout_ms,
   atomic_init(&l->refs, 2);
   atomic_fetch_add(&c->refs, 1);
   l->client = c;
+  l->ready.token = ec_token_new();
   l->id = id;
   l->latest.id = id;
   pthread_mutex_lock(&c->mu);
@@ -218,9 +336,22 @@ ec_lease *ec_keepalive_start(ec_client *c, int64_t id, int64_t first_timeout_ms,
   gpr_timespec now = now_mono();
   l->expires = after_ms(now, first_timeout_ms);
   l->next_send = now;
-  l->next = c->ka.leases;
-  c->ka.leases = l;
-  c->ka.n++;
+  if (hash_insert(&c->ka, l) != 0) {
+    pthread_mutex_unlock(&c->mu);
+    snprintf(err, errlen, "out of memory");
+    atomic_store(&l->refs, 1);
+    lease_unref_n(l, 1);
+    return NULL;
+  }
+  l->registered = 1;
+  if (heap_insert(&c->ka, l) != 0) {
+    hash_remove(&c->ka, l);
+    pthread_mutex_unlock(&c->mu);
+    snprintf(err, errlen, "out of memory");
+    atomic_store(&l->refs, 1);
+    lease_unref_n(l, 1);
+    return NULL;
+  }
   ec_stream *dead = NULL;
   if (c->ka.stream && (c->ka.stream_ended || c->ka.idle)) {
     /* ended, or cancelled because nothing needed it (its end may not be in
@@ -255,18 +386,13 @@ void ec_keepalive_release(ec_lease *l) {
   ec_client *c = l->client;
   int owned = 0;
   pthread_mutex_lock(&c->mu);
-  /* unlink: the manager's reference goes with it */
-  for (ec_lease **p = &c->ka.leases; *p; p = &(*p)->next)
-    if (*p == l) {
-      *p = l->next;
-      c->ka.n--;
-      owned = 1;
-      break;
-    }
   if (l->state == EC_KA_ALIVE) lose(l, EC_KA_CLOSED, "etcd: keep-alive is closed");
-  int any = 0;
-  for (ec_lease *x = c->ka.leases; x; x = x->next) any |= x->state == EC_KA_ALIVE;
-  if (!any && c->ka.stream && !c->closed) {
+  if (l->registered) { /* the manager's reference goes with it */
+    hash_remove(&c->ka, l);
+    l->registered = 0;
+    owned = 1;
+  }
+  if (!c->ka.nheap && c->ka.stream && !c->closed && !c->ka.idle) {
     ec_stream_cancel_locked(c->ka.stream);
     c->ka.idle = 1;
   }
@@ -275,20 +401,26 @@ void ec_keepalive_release(ec_lease *l) {
 }
 
 void ec_ka_close_all_locked(ec_client *c) {
-  for (ec_lease *l = c->ka.leases; l; l = l->next)
-    if (l->state == EC_KA_ALIVE) lose(l, EC_KA_CLOSED, "etcd: client is closed");
+  while (c->ka.nheap) lose(c->ka.heap[0], EC_KA_CLOSED, "etcd: client is closed");
 }
 
 /* Client teardown (pump stopped): drop the manager's references. */
 void ec_ka_free(ec_client *c) {
-  ec_lease *l = c->ka.leases;
-  c->ka.leases = NULL;
-  c->ka.n = 0;
-  while (l) {
-    ec_lease *next = l->next;
-    lease_unref_n(l, 1);
-    l = next;
+  for (size_t i = 0; i < c->ka.nbuckets; i++) {
+    ec_lease *l = c->ka.buckets[i];
+    while (l) {
+      ec_lease *next = l->hnext;
+      l->registered = 0;
+      l->hidx = 0;
+      lease_unref_n(l, 1);
+      l = next;
+    }
   }
+  free(c->ka.buckets);
+  free(c->ka.heap);
+  c->ka.buckets = NULL;
+  c->ka.heap = NULL;
+  c->ka.nbuckets = c->ka.nheap = c->ka.capheap = c->ka.n = 0;
   if (c->ka.stream) {
     ec_stream *s = c->ka.stream;
     c->ka.stream = NULL;
@@ -296,10 +428,11 @@ void ec_ka_free(ec_client *c) {
   }
 }
 
+uint64_t ec_keepalive_token(const ec_lease *l) { return l->ready.token; }
+
 size_t ec_client_nkeepalives(ec_client *c) {
   pthread_mutex_lock(&c->mu);
-  size_t n = 0;
-  for (ec_lease *l = c->ka.leases; l; l = l->next) n += l->state == EC_KA_ALIVE;
+  size_t n = c->ka.nheap;
   pthread_mutex_unlock(&c->mu);
   return n;
 }

@@ -15,6 +15,7 @@
 #include <grpc/support/alloc.h>
 
 struct ec_stream {
+  ec_ready ready; /* token 0 for the engine's own streams (hooks) */
   atomic_int refs;
   ec_client *client;
   ec_stream *prev, *next; /* in client->streams while the call lives */
@@ -125,15 +126,18 @@ static void release_call(ec_stream *s) {
   grpc_call_unref(call);
 }
 
-/* Common tail of every completion: finish if done, wake Lua, drop the
- * pump's reference when the stream ended. */
+/* Common tail of every completion: finish if done, list the stream's token
+ * (its waiter in Lua looks again), drop the pump's reference when the stream
+ * ended. */
 static void after_batch(ec_stream *s) {
   ec_client *c = s->client;
   int ended = finish_locked(s);
+  ec_ready_locked(c, &s->ready);
   pthread_mutex_unlock(&c->mu);
-  if (ended) release_call(s);
-  ec_signal(c);
-  if (ended) stream_unref(s); /* the pump's reference */
+  if (ended) {
+    release_call(s);
+    stream_unref(s); /* the pump's reference */
+  }
 }
 
 static void on_start(ec_tag *t, int ok) {
@@ -226,6 +230,7 @@ ec_stream *ec_stream_start_locked(ec_client *c, const char *path,
   s->details = grpc_empty_slice();
   s->hooks = hooks;
   s->hook_ud = hook_ud;
+  if (!hooks) s->ready.token = ec_token_new();
   grpc_metadata_array_init(&s->recv_md);
   grpc_metadata_array_init(&s->trail_md);
   atomic_fetch_add(&c->refs, 1);
@@ -381,6 +386,8 @@ void ec_stream_release(ec_stream *s) {
   ec_stream_cancel(s);
   stream_unref(s);
 }
+
+uint64_t ec_stream_token(const ec_stream *s) { return s->ready.token; }
 
 size_t ec_client_nstreams(ec_client *c) {
   pthread_mutex_lock(&c->mu);

@@ -38,6 +38,7 @@ enum {
 };
 
 struct ec_watch {
+  ec_ready ready;
   atomic_int refs; /* the caller's, and the manager's while in its list */
   ec_client *client;
   ec_watch *next;
@@ -79,10 +80,14 @@ static void w_unref_n(ec_watch *w, int n) {
   free(w);
 }
 
+/* With c->mu held: something a reader of w would see changed. */
+static void wake(ec_watch *w) { ec_ready_locked(w->client, &w->ready); }
+
 static int queue_push(ec_watch *w, const char *data, size_t len) {
   ec_msg *m = ec_msg_new(data, len);
   if (!m) return -1;
   ec_queue_push(&w->q, m);
+  wake(w);
   return 0;
 }
 
@@ -177,8 +182,7 @@ static void next_create_locked(ec_client *c) {
       w->state = S_CREATING;
       c->wm.creating = w;
     } else if (r > 0) {
-      ec_signal(c); /* its waiter learns it ended */
-      continue;
+      continue; /* end_locked woke its waiter */
     }
     return;
   }
@@ -202,6 +206,7 @@ static void end_locked(ec_watch *w, int state, int64_t compact,
   w->state = state;
   w->compact_revision = compact;
   snprintf(w->reason, sizeof w->reason, "%s", reason ? reason : "");
+  wake(w);
 }
 
 /* ---- stream consumer (pump thread, c->mu held) ------------------------ */
@@ -318,6 +323,9 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
          * then create it again on a new stream (ec_client_auth_refreshed). */
         w->state = S_PENDING;
         c->need_auth = 1;
+        /* whichever watch is waited on logs in again */
+        for (ec_watch *x = c->wm.watches; x; x = x->next) wake(x);
+        ec_ready_locked(c, &c->self);
       } else if (r->watch_id == -1 || r->canceled) {
         end_locked(w, S_ENDED, r->compact_revision,
                    *r->cancel_reason ? r->cancel_reason : "watch create failed");
@@ -329,6 +337,7 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
           w->resume_skip = 0;
         }
         w->state = S_ACTIVE;
+        wake(w);
         if (w->closing) {
           send_cancel_locked(c, w);
           w->state = S_CLOSED;
@@ -386,8 +395,8 @@ static const ec_stream_hooks WATCH_HOOKS = {on_message, on_end};
 static void open_locked(ec_client *c, gpr_timespec now) {
   char err[128];
   /* Fail fast on a member that is down; the pump tries again. */
-  ec_metadata md[8];
-  size_t nmd = ec_stream_md_locked(c, WATCH_MD, 1, md, 8);
+  ec_metadata md[EC_MAX_METADATA + 1];
+  size_t nmd = ec_stream_md_locked(c, WATCH_MD, 1, md, EC_MAX_METADATA + 1);
   c->wm.stream = ec_stream_start_locked(c, WATCH_PATH, -1, -1, md, nmd, 0,
                                         &WATCH_HOOKS, c, err, sizeof err);
   c->wm.stream_ended = 0;
@@ -520,6 +529,7 @@ ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
   atomic_init(&w->refs, 2);
   atomic_fetch_add(&c->refs, 1);
   w->client = c;
+  w->ready.token = ec_token_new();
   pthread_mutex_lock(&c->mu);
   if (c->closed) {
     pthread_mutex_unlock(&c->mu);
@@ -641,6 +651,8 @@ void ec_client_auth_refreshed(ec_client *c) {
   }
   pthread_mutex_unlock(&c->mu);
 }
+
+uint64_t ec_watch_token(const ec_watch *w) { return w->ready.token; }
 
 size_t ec_client_nwatches(ec_client *c) {
   pthread_mutex_lock(&c->mu);

@@ -1,0 +1,352 @@
+--- The built-in scheduler: etcd.spawn, etcd.run, etcd.sleep, handle:join
+-- (README "Using with coroutines", docs/DESIGN.md "Waiting").
+--
+-- One per Lua state. A spawned coroutine that waits (any etcd call, a join, a
+-- sleep) yields to it; when no coroutine can run, the scheduler sleeps in
+-- poll() on the eventfds of the clients that have waiters, until the nearest
+-- deadline, then reaps those clients' ready lists (wait.dispatch) and resumes
+-- exactly the coroutines whose tokens came up.
+local core = require "etcd.core"
+local wait = require "etcd.wait"
+
+local M = {}
+
+local now = core.now
+local PARK = setmetatable({}, { __tostring = function() return "etcd.sched.PARK" end })
+M.PARK = PARK
+
+local S = {
+  current = nil,     -- the task running now
+  runq = {}, head = 1, tail = 0, -- tasks to resume: { task, why }
+  timers = {},       -- binary heap of { at, task, seq }
+  polled = {},       -- etcd.core client -> number of tasks parked on its tokens
+}
+M._state = S
+
+-- ---------------------------------------------------------------------------
+-- the timer heap
+
+local function heap_push(h, e)
+  local i = #h + 1
+  h[i] = e
+  while i > 1 do
+    local p = i // 2
+    if h[p][1] <= e[1] then break end
+    h[i], h[p] = h[p], e
+    i = p
+  end
+end
+
+local function heap_pop(h)
+  local top, n = h[1], #h
+  local last = h[n]
+  h[n] = nil
+  n = n - 1
+  if n > 0 then
+    local i = 1
+    while true do
+      local l, r, m = 2 * i, 2 * i + 1, i
+      if l <= n and h[l][1] < (m == i and last or h[m])[1] then m = l end
+      if r <= n and h[r][1] < (m == i and last or h[m])[1] then m = r end
+      if m == i then break end
+      h[i] = h[m]
+      i = m
+    end
+    h[i] = last
+  end
+  return top
+end
+
+-- ---------------------------------------------------------------------------
+-- tasks
+
+local Task = { __name = "etcd.task" }
+Task.__index = Task
+M.Task = Task
+
+local function enqueue(task, why)
+  S.tail = S.tail + 1
+  S.runq[S.tail] = { task, why }
+end
+
+-- The built-in driver, as seen by etcd.wait. Every driver that runs tasks
+-- has `live` (tasks not finished), `failed` (finished with an error, in
+-- order, not joined yet), `requeue(task)` (a task yielded without parking)
+-- and `drive()` (one round of its loop, for a join from outside).
+local driver = { name = "etcd.spawn", live = 0, failed = {}, tasks = {} }
+M.driver = driver
+
+function driver.requeue(task) enqueue(task, nil) end
+
+local function sched_wake(rec, why)
+  local task = rec.task
+  if task and task.rec == rec then
+    task.rec = nil
+    enqueue(task, why)
+  end
+end
+
+function driver.park(rec, cc, dl)
+  local task = S.current
+  rec.task = task
+  rec.wake = sched_wake
+  task.rec = rec
+  task.seq = task.seq + 1
+  if cc then S.polled[cc] = (S.polled[cc] or 0) + 1 end
+  if dl then heap_push(S.timers, { dl, task, task.seq }) end
+  local ok, why = pcall(coroutine.yield, PARK)
+  task.rec = nil
+  if cc then
+    local n = S.polled[cc] - 1
+    S.polled[cc] = n > 0 and n or nil
+  end
+  if not ok then error(why, 0) end
+  return why
+end
+
+local function finish(task)
+  local d = task.driver
+  d.live = d.live - 1
+  if d.tasks then d.tasks[task] = nil end
+  task.ev:signal()
+end
+
+local function resume(task, ...)
+  local prev = S.current
+  S.current = task
+  local r = table.pack(coroutine.resume(task.co, ...))
+  S.current = prev
+  if not r[1] then
+    local err = r[2]
+    if type(err) == "string" then err = debug.traceback(task.co, err) end
+    task.state, task.err = "failed", err
+    local failed = task.driver.failed
+    failed[#failed + 1] = task
+    finish(task)
+  elseif coroutine.status(task.co) == "dead" then
+    task.state = "done"
+    task.results = table.pack(table.unpack(r, 2, r.n))
+    finish(task)
+  elseif r[2] ~= PARK then
+    -- a plain coroutine.yield() inside a spawned coroutine: let the others run
+    task.driver.requeue(task)
+  end
+end
+M.resume = resume
+
+--- A task running fn(...) in a coroutine; `d` is its driver (built-in or luv).
+function M.new_task(d, fn)
+  if type(fn) ~= "function" then
+    error(("spawn: bad argument #1 (function expected, got %s)"):format(type(fn)), 3)
+  end
+  local task = setmetatable({ co = coroutine.create(fn), state = "running", seq = 0,
+                              ev = wait.event(), driver = d }, Task)
+  wait.owner[task.co] = d
+  d.live = d.live + 1
+  if d.tasks then d.tasks[task] = true end
+  return task
+end
+
+--- etcd.spawn(fn, ...) -> handle: run fn(...) in a new coroutine under the
+-- built-in scheduler. It starts at the next etcd.run(), join or wait.
+function M.spawn(fn, ...)
+  local task = M.new_task(driver, fn)
+  enqueue(task, table.pack(...))
+  return task
+end
+
+--- h:status() -> "running" | "done" | "failed"
+function Task:status()
+  return self.state
+end
+
+--- h:join() -> true, results... | false, err (with the coroutine's traceback).
+-- Inside a spawned coroutine it waits (yields) until h ends; outside one it
+-- runs the scheduler until h ends.
+function Task:join()
+  if getmetatable(self) ~= Task then error("join: bad self (etcd task expected)", 2) end
+  if self.state == "running" then
+    if coroutine.running() == self.co then error("join: a coroutine cannot join itself", 2) end
+    if wait.driver() ~= wait.blocking then
+      self.ev:wait(nil)
+    elseif S.current then
+      error("join: called from a plain coroutine inside a spawned one; join from the spawned coroutine itself", 2)
+    else
+      while self.state == "running" do self.driver.drive() end
+    end
+  end
+  self.joined = true
+  if self.state == "failed" then return false, self.err end
+  return true, table.unpack(self.results, 1, self.results.n)
+end
+
+function Task:__tostring()
+  return ("etcd.task (%s): %s"):format(self.state, tostring(self.co):match("0x%x+") or "?")
+end
+
+-- ---------------------------------------------------------------------------
+-- driving
+
+local function fire_timers()
+  local h, t = S.timers, now()
+  while h[1] and h[1][1] <= t do
+    local e = heap_pop(h)
+    local task = e[2]
+    if task.seq == e[3] and task.rec then
+      local rec = task.rec
+      task.rec = nil
+      if rec.tok and wait._waiters[rec.tok] == rec then wait._waiters[rec.tok] = nil end
+      enqueue(task, "timeout")
+    end
+  end
+end
+
+-- Drop timers whose task has moved on (keeps the heap from growing when
+-- waits end by their token long before their deadline).
+local function next_timer()
+  local h = S.timers
+  while h[1] and (h[1][2].seq ~= h[1][3] or not h[1][2].rec) do heap_pop(h) end
+  return h[1] and h[1][1]
+end
+
+local function run_queue()
+  -- only what is queued now; what they queue runs in the next round
+  local last = S.tail
+  while S.head <= last do
+    local e = S.runq[S.head]
+    S.runq[S.head] = nil
+    S.head = S.head + 1
+    local task, why = e[1], e[2]
+    if task.state == "running" then
+      if type(why) == "table" then resume(task, table.unpack(why, 1, why.n))
+      else resume(task, why) end
+    end
+  end
+  if S.head > S.tail then S.runq, S.head, S.tail = {}, 1, 0 end
+end
+
+--- One round: run what can run; if nothing can, sleep until a client that
+-- has waiters signals or the nearest deadline (or `dl`) passes. Returns
+-- "ready" or "timeout" (dl passed), for wait.blocking.
+function M.step(dl)
+  if S.head <= S.tail then
+    run_queue()
+    return "ready"
+  end
+  local at = next_timer()
+  if dl and (not at or dl < at) then at = dl end
+  local clients = {}
+  for cc in pairs(S.polled) do clients[#clients + 1] = cc end
+  if #clients == 0 and not at then
+    -- Nothing can ever wake them: they end as failed (their joiners learn
+    -- why), so that the state stays usable, and the caller gets the error.
+    local msg = "etcd: every coroutine is waiting and nothing can wake them (a join cycle, or a wait on" ..
+      " something no spawned coroutine will do)"
+    local stuck = {}
+    for task in pairs(driver.tasks) do stuck[#stuck + 1] = task end
+    for _, task in ipairs(stuck) do
+      if task.state == "running" and coroutine.status(task.co) == "suspended" then
+        task.state, task.err, task.joined, task.rec = "failed", msg, true, nil
+        if coroutine.close then coroutine.close(task.co) end
+        finish(task)
+      end
+    end
+    error(msg, 0)
+  end
+  local left = at and at - now()
+  if left and left < 0 then left = 0 end
+  if #clients == 0 then
+    core.sleep(left)
+  else
+    core._poll(clients, left)
+    for _, cc in ipairs(clients) do wait.dispatch(cc) end
+  end
+  fire_timers()
+  if S.head <= S.tail then run_queue() end
+  if dl and now() >= dl then return "timeout" end
+  return "ready"
+end
+
+function driver.drive() M.step(nil) end
+
+--- etcd.run(): run every spawned coroutine until all have finished; then,
+-- if one failed and nobody joined it, raise its error (the first such).
+function M.run()
+  if S.current then error("etcd.run: called from a spawned coroutine", 2) end
+  while driver.live > 0 do M.step(nil) end
+  M.raise_unjoined(driver)
+end
+
+--- Raise the first error of d's tasks that nobody joined (once).
+function M.raise_unjoined(d)
+  local failed = d.failed
+  for i, task in ipairs(failed) do
+    if not task.joined then
+      d.failed = { table.unpack(failed, i + 1) }
+      task.joined = true
+      error(task.err, 0)
+    end
+  end
+  d.failed = {}
+end
+
+--- etcd.first(h1, h2, ...) -> i, ok, results...: wait until the first of
+-- the handles has ended (Go's select over goroutines); `i` is its position,
+-- the rest is h_i:join(). The others go on running.
+function M.first(...)
+  local hs = table.pack(...)
+  if hs.n == 0 then error("etcd.first: bad argument #1 (task handle expected, got no value)", 2) end
+  for i = 1, hs.n do
+    if getmetatable(hs[i]) ~= Task then
+      error(("etcd.first: bad argument #%d (task handle expected, got %s)"):format(i, type(hs[i])), 2)
+    end
+  end
+  local function ended()
+    for i = 1, hs.n do
+      if hs[i].state ~= "running" then return i end
+    end
+  end
+  local i = ended()
+  while not i do
+    local d = wait.driver()
+    if d ~= wait.blocking then
+      local rec = { co = coroutine.running(), wake = function() end }
+      for k = 1, hs.n do table.insert(hs[k].ev.recs, rec) end
+      local ok, err = pcall(d.park, rec, nil, nil)
+      for k = 1, hs.n do
+        local recs = hs[k].ev.recs
+        for j = #recs, 1, -1 do
+          if recs[j] == rec then table.remove(recs, j) end
+        end
+      end
+      if not ok then error(err, 0) end
+    elseif S.current then
+      error("etcd.first: called from a plain coroutine inside a spawned one", 2)
+    else
+      hs[1].driver.drive()
+    end
+    i = ended()
+  end
+  return i, hs[i]:join()
+end
+
+--- etcd.sleep(seconds): yields inside a spawned (or luv/cqueues) coroutine,
+-- sleeps the thread outside one.
+function M.sleep(seconds)
+  local d = wait.driver()
+  if d == wait.blocking then
+    core.sleep(seconds)
+    return
+  end
+  local dl = now() + seconds
+  while now() < dl do
+    d.park({ wake = function() end }, nil, dl)
+  end
+end
+
+--- etcd.yield(): let the other spawned coroutines run, then go on.
+function M.yield()
+  if wait.driver() == driver then coroutine.yield() end
+end
+
+return M
