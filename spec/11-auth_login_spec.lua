@@ -126,6 +126,32 @@ describe("user and password", function()
     cli:close()
   end)
 
+  it("64 coroutines refused for the token at once cause one Authenticate, and all succeed", function()
+    local cli = assert(etcd.new { endpoints = srv.endpoints, user = "guest", password = "s3cret" })
+    local logins = 0
+    local login = cli._login
+    cli._login = function(...)
+      logins = logins + 1
+      return login(...)
+    end
+    assert(cli:get("foo"))
+    -- the token expires unused (--auth-token-ttl 2): every call with it is
+    -- refused ("invalid auth token") until the client logs in again
+    helpers.sleep(3.5)
+    local hs = {}
+    for i = 1, 64 do
+      hs[i] = etcd.spawn(function() return assert(cli:put("foo" .. i, "v" .. i)).header.revision end)
+    end
+    etcd.run()
+    for i = 1, 64 do
+      local ok, rev = hs[i]:join()
+      assert.is_true(ok, tostring(rev))
+      assert.is_true(rev > 0)
+    end
+    assert.equal(1, logins)
+    cli:close()
+  end)
+
   it("user and password go together", function()
     assert.has_error(function() etcd.new { endpoints = srv.endpoints, user = "guest" } end,
       "etcd.new: options 'user' and 'password' go together")
