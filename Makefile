@@ -18,13 +18,18 @@ DEB_PKGS = lua5.4 liblua5.4-dev lua-busted libgrpc-dev libprotobuf-c-dev \
            lua-cqueues lua-luv
 
 PKG_CFLAGS = $(shell pkg-config --cflags grpc gpr libprotobuf-c $(LUA_PC) 2>/dev/null)
+# The engine (src/engine/) and the generated code never see Lua's headers:
+# "only the binding includes lua.h" holds by construction.
+ENGINE_PKG_CFLAGS = $(shell pkg-config --cflags grpc gpr libprotobuf-c 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs grpc gpr libprotobuf-c 2>/dev/null)
 
 OPTFLAGS  ?= -O2 -g
 CFLAGS_ALL = -std=gnu11 -fPIC $(OPTFLAGS) -Wall -Wextra -Werror -fvisibility=hidden \
              -Isrc -I$(GEN) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+ENGINE_CFLAGS = -std=gnu11 -fPIC $(OPTFLAGS) -Wall -Wextra -Werror -fvisibility=hidden \
+             -Isrc -I$(GEN) $(ENGINE_PKG_CFLAGS) $(EXTRA_CFLAGS)
 # Generated code is protoc-c's, not ours: build it without -Werror.
-GEN_CFLAGS = -std=gnu11 -fPIC $(OPTFLAGS) -fvisibility=hidden -I$(GEN) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+GEN_CFLAGS = -std=gnu11 -fPIC $(OPTFLAGS) -fvisibility=hidden -I$(GEN) $(ENGINE_PKG_CFLAGS) $(EXTRA_CFLAGS)
 # -z nodelete: the module is never unloaded. gRPC's threads outlive any Lua
 # state and call back into it (the log sink), so lua_close()'s dlclose() must
 # not unmap it under them.
@@ -33,10 +38,10 @@ LDFLAGS_ALL = -shared -Wl,-z,nodelete $(EXTRA_LDFLAGS)
 PROTOS    = proto/mvccpb/kv.proto proto/authpb/auth.proto proto/etcdserverpb/rpc.proto
 GEN_C     = $(patsubst proto/%.proto,$(GEN)/%.pb-c.c,$(PROTOS))
 GEN_H     = $(GEN_C:.c=.h)
-SRC       = $(wildcard src/*.c src/engine/*.c)
+SRC       = $(wildcard src/lua/*.c src/engine/*.c)
 OBJ       = $(patsubst src/%.c,$(OBJDIR)/%.o,$(SRC)) \
             $(patsubst $(GEN)/%.c,$(OBJDIR)/gen/%.o,$(GEN_C))
-HDRS      = $(wildcard src/*.h src/engine/*.h)
+HDRS      = $(wildcard src/lua/*.h src/engine/*.h)
 
 BUSTED    = busted --lua=$(LUA)
 LUA_ENV   = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='$(OUTDIR)/?.so;$(OUTDIR)/spec/?.so;;'
@@ -64,6 +69,10 @@ $(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: proto/%.proto
 	protoc-c --c_out=$(GEN) -Iproto $<
 
 # protoc-c writes .c and .h together; make every object wait for all headers.
+$(OBJDIR)/engine/%.o: src/engine/%.c $(HDRS) $(GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(ENGINE_CFLAGS) -c $< -o $@
+
 $(OBJDIR)/%.o: src/%.c $(HDRS) $(GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
@@ -229,7 +238,7 @@ FUZZ_CORE_OBJ  = $(patsubst src/%.c,$(FUZZ_OBJDIR)/%.o,$(SRC)) \
                  $(patsubst $(GEN)/%.c,$(FUZZ_OBJDIR)/gen/%.o,$(GEN_C))
 # The decode target needs no gRPC: the converter, the depth walk and the
 # generated descriptors only.
-FUZZ_DECODE_OBJ = $(FUZZ_OBJDIR)/pbconv.o $(FUZZ_OBJDIR)/engine/pbwalk.o \
+FUZZ_DECODE_OBJ = $(FUZZ_OBJDIR)/lua/pbconv.o $(FUZZ_OBJDIR)/engine/pbwalk.o \
                   $(patsubst $(GEN)/%.c,$(FUZZ_OBJDIR)/gen/%.o,$(GEN_C))
 FUZZ_LUA_LIBS  = $(shell pkg-config --libs $(LUA_PC) 2>/dev/null)
 FUZZ_ENV       = ASAN_OPTIONS='detect_leaks=1:halt_on_error=1:abort_on_error=0:allocator_may_return_null=0' \
@@ -296,7 +305,16 @@ fuzz: deps fuzz-deps
 #   make bench-keepalive   get p50 with none / BENCH_KA kept-alive leases, and
 #                          the time to close them (BENCH_KA, BENCH_GETS, BENCH_ROUNDS)
 
-.PHONY: bench-keepalive
+#   make bench-coroutines  BENCH_N puts from BENCH_N coroutines vs in sequence
+#   make bench             both
+
+.PHONY: bench bench-keepalive bench-coroutines
+bench: bench-coroutines bench-keepalive
+
 bench-keepalive: deps
 	$(MAKE) all
 	$(LUA_ENV) $(LUA) bench/keepalive_get.lua
+
+bench-coroutines: deps
+	$(MAKE) all
+	$(LUA_ENV) $(LUA) bench/coroutines_put.lua

@@ -41,7 +41,7 @@
 
 #include "engine/pbwalk.h"
 #include "etcdserverpb/rpc.pb-c.h"
-#include "pbconv.h"
+#include "lua/pbconv.h"
 
 static const ProtobufCMessageDescriptor *descs[] = {
 #include "descriptors.inc"

@@ -24,7 +24,7 @@ local core = require "etcd.core"
 
 local M = {}
 
-M.MAX_DEPTH = 64 -- PBCONV_MAX_DEPTH (src/pbconv.h)
+M.MAX_DEPTH = 64 -- PBCONV_MAX_DEPTH (src/lua/pbconv.h)
 M.MAX_LEN = 8192 -- FUZZ_DECODE_MAX_LEN (Makefile): every seed fits
 
 -- ---------------------------------------------------------------------------

@@ -5,14 +5,7 @@ local etcd = require "etcd"
 
 describe("KV", function()
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd { args = { "--max-request-bytes", tostring(64 * 1024) } }
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end, { etcd = { args = { "--max-request-bytes", tostring(64 * 1024) } } })
 
   local function keys(res)
     local t = {}
@@ -77,7 +70,7 @@ describe("KV", function()
       local _, msg, code = cli:put("kv/iv-missing", nil, { ignore_value = true })
       assert.equal("INVALID_ARGUMENT", code)
       assert.matches("key not found", msg)
-      local lease = assert(cli:_call("Lease.LeaseGrant", { TTL = 60 }))
+      local lease = assert(cli:grant(60))
       assert(cli:put("kv/il", "v1", { lease = lease.id }))
       assert(cli:put("kv/il", "v2", { ignore_lease = true }))
       local kv = assert(cli:get("kv/il")).kvs[1]
@@ -86,7 +79,7 @@ describe("KV", function()
     end)
 
     it("lease attaches the key to a lease", function()
-      local lease = assert(cli:_call("Lease.LeaseGrant", { TTL = 60 }))
+      local lease = assert(cli:grant(60))
       assert(cli:put("kv/leased", "x", { lease = lease.id }))
       assert.equal(lease.id, assert(cli:get("kv/leased")).kvs[1].lease)
       local _, msg, code = cli:put("kv/leased", "x", { lease = 12345 })
@@ -318,17 +311,22 @@ describe("KV", function()
       assert.has_error(function() cli:get("a", { prefx = true }) end, "get: unknown option 'prefx'")
       assert.has_error(function() cli:put("a", "b", { prevkv = true }) end, "put: unknown option 'prevkv'")
       assert.has_error(function() cli:delete("a", { prefix = 1 }) end, "delete: option 'prefix': boolean expected, got integer")
-      assert.has_error(function() cli:get("a", { limit = -1 }) end)
-      assert.has_error(function() cli:get("a", { limit = 1.5 }) end)
-      assert.has_error(function() cli:get("a", { sort_order = "sideways" }) end)
-      assert.has_error(function() cli:get("a", { timeout = "1" }) end)
+      assert.has_error(function() cli:get("a", { limit = -1 }) end,
+        "get: option 'limit': non-negative integer expected, got -1")
+      assert.has_error(function() cli:get("a", { limit = 1.5 }) end,
+        "get: option 'limit': non-negative integer expected, got 1.5")
+      assert.has_error(function() cli:get("a", { sort_order = "sideways" }) end,
+        [[get: option 'sort_order': expected one of "ascend", "descend", "none", got "sideways"]])
+      assert.has_error(function() cli:get("a", { timeout = "1" }) end,
+        "get: option 'timeout': non-negative number of seconds expected, got string")
       assert.has_error(function() cli:get("a", "prefix") end, "get: options must be a plain table, got string")
     end)
 
     it("rejects options that exclude each other", function()
       assert.has_error(function() cli:get("a", { prefix = true, range_end = "b" }) end,
         "get: options 'prefix', 'range_end' and 'from_key' exclude each other")
-      assert.has_error(function() cli:delete("a", { prefix = true, from_key = true }) end)
+      assert.has_error(function() cli:delete("a", { prefix = true, from_key = true }) end,
+        "delete: options 'prefix', 'range_end' and 'from_key' exclude each other")
     end)
   end)
 end)

@@ -4,14 +4,7 @@ local etcd = require "etcd"
 
 describe("txn", function()
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd()
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
 
   it("runs the walk-through's txn: value comparisons are lexical", function()
     assert(cli:put("foo", "xyz"))
@@ -132,7 +125,8 @@ describe("txn", function()
 
   describe("misuse raises", function()
     it("in compare and op constructors", function()
-      assert.has_error(function() etcd.compare.value("k", "~", "v") end)
+      assert.has_error(function() etcd.compare.value("k", "~", "v") end,
+        [[etcd.compare.value: bad argument #2 (operator): expected one of "!=", "<", "=", "==", ">", got "~"]])
       assert.has_error(function() etcd.compare.value(1, "=", "v") end,
         "etcd.compare.value: bad argument #1 (key): string expected, got integer")
       assert.has_error(function() etcd.compare.version("k", "=", "1") end,
@@ -142,11 +136,13 @@ describe("txn", function()
       assert.has_error(function() etcd.op.get("k", { prefx = true }) end, "etcd.op.get: unknown option 'prefx'")
       assert.has_error(function() etcd.op.get("k", { timeout = 1 }) end, "etcd.op.get: unknown option 'timeout'")
       assert.has_error(function() etcd.op.put("k") end, "etcd.op.put: bad argument #2 (value): string expected, got nil")
-      assert.has_error(function() etcd.op.delete(false) end)
+      assert.has_error(function() etcd.op.delete(false) end,
+        "etcd.op.delete: bad argument #1 (key): string expected, got boolean")
     end)
 
     it("in the txn table", function()
-      assert.has_error(function() cli:txn("x") end)
+      assert.has_error(function() cli:txn("x") end,
+        "txn: bad argument #1 (table with compare, success, failure expected, got string)")
       assert.has_error(function() cli:txn { sucess = {} } end, "txn: unknown field 'sucess' (compare, success, failure expected)")
       assert.has_error(function() cli:txn { success = { { "put", "k", "v" } } } end,
         "txn: success[1] must be made by etcd.op.*")
@@ -158,15 +154,8 @@ describe("txn", function()
 end)
 
 describe("exec and batch", function()
-  local srv, cli
-  setup(function()
-    srv = helpers.start_etcd()
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  local cli
+  helpers.etcd_fixture(function(_, c) cli = c end)
 
   it("exec runs one op, like Go's Do, in the walk-through's loop", function()
     local results = {}

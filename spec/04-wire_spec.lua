@@ -137,13 +137,37 @@ describe("encoding requests", function()
       "etcd.core: field 'key' of etcdserverpb.RangeRequest: string expected, got number")
     assert.has_error(function() core._pack("RangeRequest", { limit = 1.5 }) end,
       "etcd.core: field 'limit' of etcdserverpb.RangeRequest: integer expected, got number")
-    assert.has_error(function() core._pack("RangeRequest", { sort_order = "SIDEWAYS" }) end)
+    assert.has_error(function() core._pack("RangeRequest", { sort_order = "SIDEWAYS" }) end,
+      "etcd.core: field 'sort_order' of etcdserverpb.RangeRequest: no value 'SIDEWAYS' in etcdserverpb.RangeRequest.SortOrder")
+  end)
+
+  it("accepts the snake_case names responses use, as well as etcd's own", function()
+    local cases = {
+      { "LeaseGrantRequest", { TTL = 5, ID = 7 }, { ttl = 5, id = 7 } },
+      { "MemberAddRequest", { peerURLs = { "http://a:1" }, isLearner = true },
+        { peer_urls = { "http://a:1" }, is_learner = true } },
+      { "MemberRemoveRequest", { ID = 9 }, { id = 9 } },
+      { "AlarmRequest", { memberID = 3, action = "GET" }, { member_id = 3, action = "GET" } },
+      { "AuthRoleGrantPermissionRequest", { name = "r", perm = { permType = "READ", key = "k" } },
+        { name = "r", perm = { perm_type = "READ", key = "k" } } },
+    }
+    for _, c in ipairs(cases) do
+      assert.equal(core._pack(c[1], c[2]), core._pack(c[1], c[3]), c[1])
+      -- and what comes back has the snake_case names
+      assert.same(core._unpack(c[1], core._pack(c[1], c[2])), core._unpack(c[1], core._pack(c[1], c[3])))
+    end
+    assert.same({ ttl = 5, id = 7 }, core._unpack("LeaseGrantRequest", core._pack("LeaseGrantRequest", { ttl = 5, id = 7 })))
+  end)
+
+  it("refuses a field given under both of its names", function()
+    assert.has_error(function() core._pack("LeaseGrantRequest", { TTL = 5, ttl = 5 }) end,
+      "etcd.core: etcdserverpb.LeaseGrantRequest: 'TTL' and 'ttl' name the same field")
   end)
 
   it("refuses two members of one oneof", function()
     assert.has_error(function()
-      core._pack("RequestOp", { request_range = { key = "a" }, request_put = { key = "a" } })
-    end)
+      core._pack("TxnRequest", { success = { { request_range = { key = "a" }, request_put = { key = "a" } } } })
+    end, "etcd.core: etcdserverpb.RequestOp: fields 'request_range' and 'request_put' exclude each other")
   end)
 
   it("raises on a request nested deeper than the limit", function()
@@ -162,6 +186,7 @@ describe("encoding requests", function()
   it("raises on a table that contains itself instead of recursing forever", function()
     local t = { success = {} }
     t.success[1] = { request_txn = t }
-    assert.has_error(function() core._pack("TxnRequest", t) end)
+    assert.has_error(function() core._pack("TxnRequest", t) end,
+      "etcd.core: etcdserverpb.RequestOp nested deeper than 64 levels")
   end)
 end)

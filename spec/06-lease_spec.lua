@@ -5,14 +5,7 @@ local etcd = require "etcd"
 
 describe("leases", function()
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd()
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
 
   it("grant returns an id and the ttl, and a key attached to it lives with it", function()
     local l = assert(cli:grant(60))
@@ -133,7 +126,8 @@ describe("leases", function()
     assert.has_error(function() cli:grant(5, { ttl = 3 }) end, "grant: unknown option 'ttl'")
     assert.has_error(function() cli:revoke(nil) end, "revoke: bad argument #1 (id): integer expected, got nil")
     assert.has_error(function() cli:time_to_live(1, { key = true }) end, "time_to_live: unknown option 'key'")
-    assert.has_error(function() cli:keepalive_once(1.5) end)
+    assert.has_error(function() cli:keepalive_once(1.5) end,
+      "keepalive_once: bad argument #1 (id): integer expected, got float")
     assert.has_error(function() cli:leases { all = true } end, "leases: unknown option 'all'")
   end)
 end)

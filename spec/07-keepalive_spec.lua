@@ -20,14 +20,7 @@ end
 
 describe("keepalive", function()
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd()
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
 
   it("the seed's keep-alive: the first answer carries the TTL", function()
     local l = assert(cli:grant(5))
@@ -90,11 +83,20 @@ describe("keepalive", function()
     ka:close()
   end)
 
-  it("keepalive of a lease that does not exist reports lease_expired", function()
+  it("keepalive of a lease that does not exist reports lease_not_found, as keepalive_once and revoke do", function()
     local ka = assert(cli:keepalive(0x5151))
-    local res, _, code = ka:next(5)
+    local res, msg, code = ka:next(5)
     assert.is_nil(res)
-    assert.equal("lease_expired", code)
+    assert.equal("lease_not_found", code)
+    assert.equal("etcdserver: requested lease not found", msg)
+    local _, msg1, code1 = cli:keepalive_once(0x5151)
+    assert.same({ msg, code }, { msg1, code1 })
+    local _, msg2, code2 = cli:revoke(0x5151)
+    assert.same({ msg, code }, { msg2, code2 })
+    -- and it stays that way; the iterator raises the same code
+    local ok, err = pcall(function() for _ in ka:responses() do end end)
+    assert.is_false(ok)
+    assert.equal("lease_not_found", err.code)
     ka:close()
   end)
 
@@ -182,14 +184,7 @@ end)
 
 describe("keepalive across a member restart", function()
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd()
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
 
   it("the lease survives the member restarting (same data dir)", function()
     local l = assert(cli:grant(6))

@@ -90,14 +90,7 @@ local function rev_of(res) return res.header.revision end
 
 describe("watch", function()
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd()
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
 
   it("the seed's watch with prefix: every put under the prefix, in order, with its value", function()
     local wp <close> = assert(cli:watch("foo", { prefix = true }))
@@ -527,15 +520,19 @@ describe("watch", function()
   it("misuse raises", function()
     assert.has_error(function() cli:watch("a", { prefx = true }) end, "watch: unknown option 'prefx'")
     assert.has_error(function() cli:watch("a", { prefix = 1 }) end, "watch: option 'prefix': boolean expected, got integer")
-    assert.has_error(function() cli:watch("a", { start_revision = "1" }) end)
-    assert.has_error(function() cli:watch("a", { filters = "noput" }) end)
+    assert.has_error(function() cli:watch("a", { start_revision = "1" }) end,
+      "watch: option 'start_revision': integer expected, got string")
+    assert.has_error(function() cli:watch("a", { filters = "noput" }) end,
+      "watch: option 'filters': table expected, got string")
     assert.error_matches(function() cli:watch("a", { filters = { "noputs" } }) end, "filter")
-    assert.has_error(function() cli:watch("a", { timeout = -1 }) end)
+    assert.has_error(function() cli:watch("a", { timeout = -1 }) end,
+      "watch: option 'timeout': non-negative number of seconds expected, got -1")
     assert.error_matches(function() cli:watch(1) end, "^watch: bad argument #1 %(key%)")
     assert.error_matches(function() cli:watch(nil) end, "^watch: bad argument #1 %(key%)")
     assert.error_matches(function() cli:watch("a", { prefix = true, range_end = "b" }) end, "exclude each other")
     assert.error_matches(function() cli:watch("a", { prefix = true, from_key = true }) end, "exclude each other")
-    assert.has_error(function() cli:watch("a", "prefix") end)
+    assert.has_error(function() cli:watch("a", "prefix") end,
+      "watch: options must be a plain table, got string")
     local w <close> = assert(cli:watch("misuse/a"))
     assert.error_matches(function() w:next("1") end, "timeout")
     assert.error_matches(function() w:next(-1) end, "timeout")
@@ -543,15 +540,8 @@ describe("watch", function()
 end)
 
 describe("watch with a slow consumer", function()
-  local srv, cli
-  setup(function()
-    srv = helpers.start_etcd()
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  local cli
+  helpers.etcd_fixture(function(_, c) cli = c end)
 
   it("100,000 events while the watch is not read: memory stays bounded, every event arrives once, in order #slow #novalgrind", function()
     local N, PER_TXN, VSIZE = 100000, 100, 3000
@@ -681,14 +671,7 @@ end)
 
 describe("watch across a member restart", function()
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd()
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
 
   it("a writer keeps writing while the member restarts: every write is seen exactly once, in order #slow #novalgrind", function()
     local w <close> = assert(cli:watch("rs/", { prefix = true }))

@@ -30,14 +30,7 @@ end
 
 describe("auth administration", function()
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd { args = { "--bcrypt-cost", "4" } }
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end, { etcd = { args = { "--bcrypt-cost", "4" } } })
 
   -- Every test ends with auth off (disabled as root by etcdctl, whatever the
   -- test did) and without users or roles.

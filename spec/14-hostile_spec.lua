@@ -297,7 +297,8 @@ describe("hostile input", function()
 
     it("raises when called with '.' instead of ':' (a bad self)", function()
       for _, name in ipairs(names) do
-        for _, self in ipairs { "hostile/k", {}, 1, setmetatable({}, etcd.Error) } do
+        -- the last: a forged client, with the client's metatable but no client in it
+        for _, self in ipairs { "hostile/k", {}, 1, setmetatable({}, etcd.Error), setmetatable({}, etcd.Client) } do
           local m = METHODS[name]
           local a = args_of(m)
           local args = { n = a.n + 1, self }
@@ -413,10 +414,10 @@ describe("hostile input", function()
         assert_fails("lease_not_found", "requested lease not found", cli:keepalive_once(id))
         assert.equal(-1, assert(cli:time_to_live(id)).ttl) -- etcd: TTL -1 for an unknown lease
       end
-      -- a keep-alive of an unknown lease ends with lease_expired
+      -- a keep-alive of an unknown lease ends with lease_not_found, as above
       local ka = assert(cli:keepalive(MAXI))
-      assert_fails("lease_expired", "expired or was revoked", ka:next(10))
-      assert_fails("lease_expired", nil, ka:next(0))
+      assert_fails("lease_not_found", "requested lease not found", ka:next(10))
+      assert_fails("lease_not_found", nil, ka:next(0))
       ka:close()
       still_usable()
     end)
@@ -752,7 +753,7 @@ describe("hostile input", function()
           w.next, pack(w, v[1]))
       end
       for _, m in ipairs { "next", "events", "responses", "close", "cancel" } do
-        for _, self in ipairs { cli, "w", {} } do
+        for _, self in ipairs { cli, "w", {}, setmetatable({}, getmetatable(w)) } do
           local fname = m == "cancel" and "close" or m
           assert_raises("w:" .. fname, "bad self %(etcd%.watch expected", w[m], pack(self))
         end
@@ -778,7 +779,7 @@ describe("hostile input", function()
           ka.next, pack(ka, v[1]))
       end
       for _, m in ipairs { "next", "responses", "close" } do
-        for _, self in ipairs { cli, 1, {} } do
+        for _, self in ipairs { cli, 1, {}, setmetatable({}, getmetatable(ka)) } do
           assert_raises("ka:" .. m, "bad self %(etcd%.keepalive expected", ka[m], pack(self))
         end
       end

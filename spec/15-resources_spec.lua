@@ -15,7 +15,7 @@ local ts = require "testsupport"
 local BIG = tonumber(os.getenv("LUA_ETCD_SPEC_RESOURCE_N")) or (helpers.under_asan and 2000 or 10000)
 local SMALL = 200
 local PUMP = "lua-etcd-pump"
--- collector pressure limits (src/core.c): garbage of each kind stays below
+-- collector pressure limits (src/lua/pressure.c): garbage of each kind stays below
 local CLIENT_SLACK, WATCH_SLACK, KA_SLACK = 64, 1024, 1024
 -- gRPC's own shared threads (executor, timers) come and go with load
 local THREAD_SLACK = 6

@@ -157,14 +157,7 @@ end)
 
 describe("a member killed (SIGKILL) and restarted", function()
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd()
-    cli = assert(etcd.new { endpoints = srv.endpoints, dial_timeout = 1 })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end, { client = { dial_timeout = 1 } })
 
   local function restart()
     srv:restart()

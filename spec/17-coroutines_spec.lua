@@ -9,14 +9,7 @@ local eventually = helpers.eventually
 
 describe("coroutines", function()
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd {}
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
 
   it("etcd.spawn(f):join() at top level runs f and returns true and its results", function()
     local h = etcd.spawn(function(a, b)
@@ -327,15 +320,8 @@ describe("coroutines", function()
 end)
 
 describe("coroutines and keep-alives", function()
-  local srv, cli
-  setup(function()
-    srv = helpers.start_etcd {}
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  local cli
+  helpers.etcd_fixture(function(_, c) cli = c end)
 
   it("gets work with 20,000 kept-alive leases on the client #novalgrind", function()
     local n = helpers.under_asan and 5000 or 20000
@@ -366,15 +352,8 @@ describe("coroutines and keep-alives", function()
 end)
 
 describe("etcd.first", function()
-  local srv, cli
-  setup(function()
-    srv = helpers.start_etcd {}
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  local cli
+  helpers.etcd_fixture(function(_, c) cli = c end)
 
   it("returns the first of several coroutines to end, at top level and inside one", function()
     local w = assert(cli:watch("first/k"))

@@ -9,14 +9,7 @@ local core = require "etcd.core"
 describe("cqueues", function()
   local cqueues = require "cqueues"
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd {}
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
 
   it("calls, a watch and a keep-alive inside a controller", function()
     local cq = cqueues.new()
@@ -111,14 +104,7 @@ describe("luv", function()
   local uv = require "luv"
   local eluv = require "etcd.luv"
   local srv, cli
-  setup(function()
-    srv = helpers.start_etcd {}
-    cli = assert(etcd.new { endpoints = srv.endpoints })
-  end)
-  teardown(function()
-    if cli then cli:close() end
-    if srv then srv:stop() end
-  end)
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
 
   it("etcd calls run alongside luv's own timers", function()
     local ticks, done = 0, false

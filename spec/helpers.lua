@@ -7,6 +7,12 @@
 --   setup(function() srv = helpers.start_etcd() end)
 --   teardown(function() if srv then srv:stop() end end)
 --
+-- or, for the usual one etcd and one client of it per describe block:
+--
+--   local srv, cli
+--   helpers.etcd_fixture(function(s, c) srv, cli = s, c end,
+--                        { etcd = start_etcd's opts, client = etcd.new's opts })
+--
 -- Every etcd is launched next to a small `sh` guardian that watches this Lua
 -- process (pid + start time from /proc/self/stat): if Lua dies, crashes or is
 -- killed, the guardian SIGTERMs (then SIGKILLs) etcd and removes its temp dir
@@ -812,6 +818,39 @@ end
 
 local Cluster = {}
 Cluster.__index = Cluster
+
+--- Inside a describe block: in setup, start an etcd and a client of it and
+-- hand them to set(srv, cli); in teardown, close the client, stop etcd and
+-- call set(nil, nil). opts.etcd: start_etcd's options; opts.client: etcd.new's
+-- options besides `endpoints`.
+function M.etcd_fixture(set, opts)
+  opts = opts or {}
+  -- busted gives each spec file its own environment (setup, teardown, it):
+  -- take them from the calling describe block's _ENV
+  local env = _G
+  local caller = debug.getinfo(2, "f").func
+  for i = 1, 255 do
+    local name, v = debug.getupvalue(caller, i)
+    if not name then break end
+    if name == "_ENV" then env = v break end
+  end
+  local setup, teardown = env.setup, env.teardown
+  local srv, cli
+  setup(function()
+    local etcd = require "etcd"
+    srv = M.start_etcd(opts.etcd or {})
+    local o = { endpoints = srv.endpoints }
+    for k, v in pairs(opts.client or {}) do o[k] = v end
+    cli = assert(etcd.new(o))
+    set(srv, cli)
+  end)
+  teardown(function()
+    if cli then cli:close() end
+    if srv then srv:stop() end
+    srv, cli = nil, nil
+    set(nil, nil)
+  end)
+end
 
 function M.start_cluster(n, opts)
   n = n or 3

@@ -186,7 +186,7 @@ function M.install(Client)
     local k, e = perm_range(key, range_end, o, "role_grant_permission")
     local t = perm_type(perm)
     return self:_call("Auth.RoleGrantPermission",
-      { name = role, perm = { permType = t, key = k, range_end = e } }, o.timeout)
+      { name = role, perm = { perm_type = t, key = k, range_end = e } }, o.timeout)
   end
 
   --- cli:role_revoke_permission(role, key, range_end, opts) -> { header }.

@@ -39,7 +39,7 @@ function M.install(Client)
     check.self(self, Client, "member_add", 2)
     urls(peer_urls, 1, "peer_urls", "member_add")
     local o = check.options(opts, { is_learner = "boolean", timeout = "seconds" }, "member_add", 2)
-    return self:_call("Cluster.MemberAdd", { peerURLs = peer_urls, isLearner = o.is_learner }, o.timeout)
+    return self:_call("Cluster.MemberAdd", { peer_urls = peer_urls, is_learner = o.is_learner }, o.timeout)
   end
 
   --- cli:member_remove(id, opts) -> { members, header }
@@ -47,7 +47,7 @@ function M.install(Client)
     check.self(self, Client, "member_remove", 2)
     id = check.arg(id, "integer", 1, "id", "member_remove", 2)
     local o = check.options(opts, CALL, "member_remove", 2)
-    return self:_call("Cluster.MemberRemove", { ID = id }, o.timeout)
+    return self:_call("Cluster.MemberRemove", { id = id }, o.timeout)
   end
 
   --- cli:member_update(id, peer_urls, opts) -> { members, header }
@@ -56,7 +56,7 @@ function M.install(Client)
     id = check.arg(id, "integer", 1, "id", "member_update", 2)
     urls(peer_urls, 2, "peer_urls", "member_update")
     local o = check.options(opts, CALL, "member_update", 2)
-    return self:_call("Cluster.MemberUpdate", { ID = id, peerURLs = peer_urls }, o.timeout)
+    return self:_call("Cluster.MemberUpdate", { id = id, peer_urls = peer_urls }, o.timeout)
   end
 
   --- cli:member_promote(id, opts) -> { members, header }: a learner becomes a voter.
@@ -64,7 +64,7 @@ function M.install(Client)
     check.self(self, Client, "member_promote", 2)
     id = check.arg(id, "integer", 1, "id", "member_promote", 2)
     local o = check.options(opts, CALL, "member_promote", 2)
-    return self:_call("Cluster.MemberPromote", { ID = id }, o.timeout)
+    return self:_call("Cluster.MemberPromote", { id = id }, o.timeout)
   end
 
   --- cli:status(endpoint, opts) -> { version, db_size, leader, raft_index, raft_term,
@@ -92,7 +92,7 @@ function M.install(Client)
     local member = check.value(alarm.member_id, "integer", "alarm_disarm: alarm.member_id", 2)
     local kind = check.value(alarm.alarm, { none = "NONE", nospace = "NOSPACE", corrupt = "CORRUPT" },
       "alarm_disarm: alarm.alarm", 2)
-    return self:_call("Maintenance.Alarm", { action = "DEACTIVATE", memberID = member, alarm = kind }, o.timeout)
+    return self:_call("Maintenance.Alarm", { action = "DEACTIVATE", member_id = member, alarm = kind }, o.timeout)
   end
 
   --- cli:defragment(endpoint, opts) -> { header }: defragment that member's backend.
@@ -122,10 +122,10 @@ function M.install(Client)
     for i = 1, #self._endpoints do
       local st = self:_call("Maintenance.Status", {}, o.timeout, i)
       if st and st.leader == st.header.member_id then
-        return self:_call("Maintenance.MoveLeader", { targetID = id }, o.timeout, i)
+        return self:_call("Maintenance.MoveLeader", { target_id = id }, o.timeout, i)
       end
     end
-    return self:_call("Maintenance.MoveLeader", { targetID = id }, o.timeout)
+    return self:_call("Maintenance.MoveLeader", { target_id = id }, o.timeout)
   end
 end
 

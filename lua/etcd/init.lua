@@ -103,7 +103,9 @@ function etcd.new(opts)
   local eps = o.endpoints
   if eps then check.list(eps, "etcd.new: option 'endpoints'", 2) end
   if not eps or #eps == 0 then check.fail("etcd.new: option 'endpoints' must list at least one endpoint", 2) end
-  if #eps > 64 then check.fail("etcd.new: option 'endpoints' lists more than 64 endpoints", 2) end
+  if #eps > core.MAX_ENDPOINTS then
+    check.fail(("etcd.new: option 'endpoints' lists more than %d endpoints"):format(core.MAX_ENDPOINTS), 2)
+  end
   local targets, schemes = {}, {}
   for i = 1, #eps do
     local t, sch = target_of(eps[i], i)

@@ -1,5 +1,6 @@
 --- Leases: grant, revoke, time_to_live, leases, keepalive_once, and
 -- keepalive: a lease renewed by the client's pump thread in the background.
+require "etcd.core" -- its classes are registered before ours look them up
 local check = require "etcd.check"
 local wait = require "etcd.wait"
 local errors = require "etcd.errors"
@@ -11,6 +12,9 @@ local M = {}
 
 local KeepAlive = { __name = "etcd.keepalive", _kind = "keep-alive" }
 KeepAlive.__index = KeepAlive
+-- a real keep-alive has its core object; setmetatable({}, KeepAlive) does not
+local CORE_KA_MT = debug.getregistry()["etcd.core.keepalive"]
+function KeepAlive.__valid(v) return getmetatable(rawget(v, "_h")) == CORE_KA_MT end
 M.KeepAlive = KeepAlive
 
 --- ka:next(timeout) -> { id, ttl, header } | nil, msg, code
@@ -48,7 +52,8 @@ local function look(self)
     end
     return false
   end
-  self._code = state == "expired" and "lease_expired" or "closed"
+  -- "requested lease not found" (it never existed) gives lease_not_found
+  self._code = state == "expired" and errors.classify(x, "lease_expired") or "closed"
   return nil, x
 end
 
@@ -86,7 +91,7 @@ function M.install(Client)
     check.self(self, Client, "grant", 2)
     ttl = check.arg(ttl, "integer", 1, "ttl", "grant", 2)
     local o = check.options(opts, { id = "integer", timeout = "seconds" }, "grant", 2)
-    local res, msg, code = self:_call("Lease.LeaseGrant", { TTL = ttl, ID = o.id }, o.timeout)
+    local res, msg, code = self:_call("Lease.LeaseGrant", { ttl = ttl, id = o.id }, o.timeout)
     if not res then return nil, msg, code end
     if res.error ~= "" then return errors.fail(res.error, "UNKNOWN") end
     res.error = nil
@@ -98,7 +103,7 @@ function M.install(Client)
     check.self(self, Client, "revoke", 2)
     id = check.arg(id, "integer", 1, "id", "revoke", 2)
     local o = check.options(opts, CALL, "revoke", 2)
-    return self:_call("Lease.LeaseRevoke", { ID = id }, o.timeout)
+    return self:_call("Lease.LeaseRevoke", { id = id }, o.timeout)
   end
 
   --- cli:time_to_live(id, opts) -> { id, ttl, granted_ttl, keys, header };
@@ -107,7 +112,7 @@ function M.install(Client)
     check.self(self, Client, "time_to_live", 2)
     id = check.arg(id, "integer", 1, "id", "time_to_live", 2)
     local o = check.options(opts, { keys = "boolean", timeout = "seconds" }, "time_to_live", 2)
-    local res, msg, code = self:_call("Lease.LeaseTimeToLive", { ID = id, keys = o.keys }, o.timeout)
+    local res, msg, code = self:_call("Lease.LeaseTimeToLive", { id = id, keys = o.keys }, o.timeout)
     if not res then return nil, msg, code end
     local ns = self._ns
     if ns ~= "" then -- like Go's namespace: keep the namespace's keys, without it
@@ -155,7 +160,7 @@ function M.install(Client)
     local st, msg, code = c:_stream("Lease.LeaseKeepAlive", timeout, self._md)
     if not st then return errors.fail(msg, code) end
     local res
-    res, msg, code = st:write { ID = id }
+    res, msg, code = st:write { id = id }
     if res then
       res, msg, code = wait.loop(c, st:token(), wait.deadline(timeout), function() return st:read() end)
       if res == wait.TIMEOUT then res, msg, code = nil, "etcd: no keep-alive answer before the deadline", "timeout"

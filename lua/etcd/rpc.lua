@@ -2,6 +2,7 @@
 -- method is called, one re-login shared by every coroutine whose call was
 -- refused for the token (single flight), and the place where a retry policy
 -- (failover) belongs.
+local core = require "etcd.core"
 local errors = require "etcd.errors"
 local wait = require "etcd.wait"
 
@@ -13,17 +14,9 @@ local now = wait.now
 -- local wait gives up on its own, should an answer never come.
 local GRACE = 2
 
--- etcd's answers that mean "log in again": the simple token expired (it does
--- after --auth-token-ttl unused), or the auth store changed since.
-local AUTH_REFUSALS = { "invalid auth token", "revision of auth store is old", "user name is empty" }
-
-function M.auth_refusal(msg)
-  if not msg then return false end
-  for _, s in ipairs(AUTH_REFUSALS) do
-    if msg:find(s, 1, true) then return true end
-  end
-  return false
-end
+-- etcd's answers that mean "log in again" (the one list is the engine's:
+-- it needs it for watch creates).
+M.auth_refusal = core.auth_refusal
 
 --- Start one unary call and wait for it until the absolute deadline `dl`.
 -- `md`: the metadata to send (the token) or nil; `chan`: 1-based endpoint

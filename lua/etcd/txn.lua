@@ -1,5 +1,6 @@
 --- Transactions, operations and batches: etcd.compare.*, etcd.op.*,
 -- cli:txn, cli:exec (Go's Do), cli:batch.
+local core = require "etcd.core"
 local check = require "etcd.check"
 local kv = require "etcd.kv"
 
@@ -12,7 +13,11 @@ local Op = { __name = "etcd.op" }
 Op.__index = Op
 M.Op = Op
 
-local KIND_METHOD = { get = "KV.Range", put = "KV.Put", delete = "KV.DeleteRange", txn = "KV.Txn" }
+-- method handles, resolved once (core.method): no name lookup per call
+local KIND_METHOD = {
+  get = core.method("KV.Range"), put = core.method("KV.Put"),
+  delete = core.method("KV.DeleteRange"), txn = core.method("KV.Txn"),
+}
 local KIND_ONEOF = { get = "request_range", put = "request_put", delete = "request_delete_range", txn = "request_txn" }
 local RESP_KIND = {
   response_range = "get", response_put = "put", response_delete_range = "delete", response_txn = "txn",
@@ -31,7 +36,7 @@ local is_op = M.is_op
 
 -- Transactions nest at most this deep, the outermost included: the answer to
 -- a deeper one would nest deeper than the 64 protobuf levels the client
--- decodes (src/pbconv.h), though etcd would apply it.
+-- decodes (src/lua/pbconv.h), though etcd would apply it.
 M.MAX_TXN_DEPTH = 31
 
 local op = {}

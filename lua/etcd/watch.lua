@@ -3,6 +3,7 @@
 -- gRPC stream, queues what arrives while Lua is busy (bounded), and
 -- re-creates watches after a break from the revision after the last one
 -- received, so no event is lost or repeated.
+require "etcd.core" -- its classes are registered before ours look them up
 local check = require "etcd.check"
 local errors = require "etcd.errors"
 local kv = require "etcd.kv"
@@ -20,6 +21,9 @@ local WATCH_OPTS = {
 
 local Watch = { __name = "etcd.watch", _kind = "watch" }
 Watch.__index = Watch
+-- a real watch has its core object; setmetatable({}, Watch) does not
+local CORE_WATCH_MT = debug.getregistry()["etcd.core.watch"]
+function Watch.__valid(v) return getmetatable(rawget(v, "_h")) == CORE_WATCH_MT end
 M.Watch = Watch
 
 local function strip(ns, ev)

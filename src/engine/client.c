@@ -91,8 +91,7 @@ long ec_global_pid(void) {
 
 gpr_timespec ec_deadline_in(int64_t ms) {
   if (ms < 0) return gpr_inf_future(GPR_CLOCK_MONOTONIC);
-  return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                      gpr_time_from_millis(ms, GPR_TIMESPAN));
+  return ec_after_ms(ec_now(), ms);
 }
 
 void ec_signal(ec_client *c) {
@@ -195,18 +194,92 @@ void ec_client_unref(ec_client *c) {
 }
 
 /* ---------------------------------------------------------------------- */
+/* the deadline heap (c->mu held)                                           */
+
+gpr_timespec ec_now(void) { return gpr_now(GPR_CLOCK_MONOTONIC); }
+
+gpr_timespec ec_after_ms(gpr_timespec t, int64_t ms) {
+  return gpr_time_add(t, gpr_time_from_millis(ms, GPR_TIMESPAN));
+}
+
+static void heap_put(ec_timers *h, size_t i, ec_timer *t) {
+  h->v[i] = t;
+  t->idx = i + 1;
+}
+
+static void heap_up(ec_timers *h, size_t i) {
+  ec_timer *t = h->v[i];
+  while (i > 0) {
+    size_t p = (i - 1) / 2;
+    if (gpr_time_cmp(t->at, h->v[p]->at) >= 0) break;
+    heap_put(h, i, h->v[p]);
+    i = p;
+  }
+  heap_put(h, i, t);
+}
+
+static void heap_down(ec_timers *h, size_t i) {
+  ec_timer *t = h->v[i];
+  for (;;) {
+    size_t a = 2 * i + 1, b = a + 1, m = i;
+    const ec_timer *best = t;
+    if (a < h->n && gpr_time_cmp(h->v[a]->at, best->at) < 0) m = a, best = h->v[a];
+    if (b < h->n && gpr_time_cmp(h->v[b]->at, best->at) < 0) m = b;
+    if (m == i) break;
+    heap_put(h, i, h->v[m]);
+    i = m;
+  }
+  heap_put(h, i, t);
+}
+
+int ec_timer_set_locked(ec_client *c, ec_timer *t, gpr_timespec at) {
+  ec_timers *h = &c->timers;
+  t->at = at;
+  if (t->idx) {
+    heap_up(h, t->idx - 1);
+    heap_down(h, t->idx - 1);
+    return 0;
+  }
+  if (h->n == h->cap) {
+    size_t cap = h->cap ? h->cap * 2 : 64;
+    ec_timer **v = realloc(h->v, cap * sizeof(ec_timer *));
+    if (!v) return -1;
+    h->v = v;
+    h->cap = cap;
+  }
+  heap_put(h, h->n++, t);
+  heap_up(h, h->n - 1);
+  return 0;
+}
+
+void ec_timer_cancel_locked(ec_client *c, ec_timer *t) {
+  ec_timers *h = &c->timers;
+  if (!t->idx) return;
+  size_t i = t->idx - 1;
+  t->idx = 0;
+  ec_timer *last = h->v[--h->n];
+  if (i < h->n) {
+    heap_put(h, i, last);
+    heap_up(h, i);
+    heap_down(h, last->idx - 1);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
 /* pump thread                                                              */
+
+static const ec_manager *const managers[] = {&ec_keepalive_manager,
+                                             &ec_watch_manager, NULL};
 
 static void *pump_main(void *arg) {
   ec_client *c = arg;
   /* named, so tools (and the specs) can tell our threads from gRPC's */
   pthread_setname_np(pthread_self(), "lua-etcd-pump");
   for (;;) {
-    /* The completion queue's deadline is the keep-alive timer. */
+    /* The completion queue's deadline is the earliest timer. */
     pthread_mutex_lock(&c->mu);
-    gpr_timespec dl = ec_ka_deadline_locked(c);
-    gpr_timespec wdl = ec_wm_deadline_locked(c);
-    if (gpr_time_cmp(wdl, dl) < 0) dl = wdl;
+    gpr_timespec dl = c->timers.n ? c->timers.v[0]->at
+                                  : gpr_inf_future(GPR_CLOCK_MONOTONIC);
     pthread_mutex_unlock(&c->mu);
     grpc_event ev = grpc_completion_queue_next(c->cq, dl, NULL);
     if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
@@ -214,8 +287,17 @@ static void *pump_main(void *arg) {
       ec_tag *t = ev.tag;
       t->done(t, ev.success);
     }
-    ec_ka_tick(c);
-    ec_wm_tick(c);
+    pthread_mutex_lock(&c->mu);
+    if (!c->closed) {
+      gpr_timespec now = ec_now();
+      while (c->timers.n && gpr_time_cmp(c->timers.v[0]->at, now) <= 0) {
+        ec_timer *t = c->timers.v[0];
+        ec_timer_cancel_locked(c, t);
+        t->fire(c, t);
+      }
+    }
+    pthread_mutex_unlock(&c->mu);
+    for (const ec_manager *const *m = managers; *m; m++) (*m)->tick(c);
   }
   return NULL;
 }
@@ -323,8 +405,8 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
     snprintf(err, errlen, "gRPC was started in another process (fork)");
     return NULL;
   }
-  if (cfg->ntargets == 0) {
-    snprintf(err, errlen, "no endpoints");
+  if (cfg->ntargets == 0 || cfg->ntargets > EC_MAX_ENDPOINTS) {
+    snprintf(err, errlen, "1 to %d endpoints expected", EC_MAX_ENDPOINTS);
     return NULL;
   }
   ec_client *c = calloc(1, sizeof *c);
@@ -444,8 +526,7 @@ void ec_client_close(ec_client *c) {
                                  "client closed", NULL);
   }
   ec_streams_cancel_all(c);
-  ec_ka_close_all_locked(c);
-  ec_wm_close_all_locked(c);
+  for (const ec_manager *const *m = managers; *m; m++) (*m)->close_all_locked(c);
   pthread_mutex_unlock(&c->mu);
   /* Pending connectivity watches complete when their channel is destroyed. */
   for (size_t i = 0; i < c->nchan; i++)
@@ -467,8 +548,10 @@ void ec_client_close(ec_client *c) {
     grpc_completion_queue_destroy(c->cq);
     c->cq = NULL;
   }
-  ec_ka_free(c);
-  ec_wm_free(c);
+  for (const ec_manager *const *m = managers; *m; m++) (*m)->free(c);
+  free(c->timers.v);
+  c->timers.v = NULL;
+  c->timers.n = c->timers.cap = 0;
   /* Every call, stream, watch and keep-alive listed itself as it ended; the
    * client's own token wakes whoever waits for connectivity. */
   pthread_mutex_lock(&c->mu);
@@ -522,6 +605,18 @@ int ec_client_set_metadata(ec_client *c, const ec_metadata *md, size_t n) {
   pthread_mutex_unlock(&c->mu);
   free_md(old, nold);
   return 0;
+}
+
+ec_stream *ec_engine_stream_locked(ec_client *c, const char *path,
+                                   const ec_stream_hooks *hooks) {
+  static const ec_metadata HASLEADER = {"hasleader", "true", 4};
+  char err[128];
+  ec_metadata md[EC_MAX_METADATA + 1];
+  size_t nmd = ec_stream_md_locked(c, &HASLEADER, 1, md, EC_MAX_METADATA + 1);
+  /* wait_ready 0: a member that is down fails it at once; the manager
+   * tries again on whichever member is ready then */
+  return ec_stream_start_locked(c, path, -1, -1, md, nmd, 0, hooks, c, err,
+                                sizeof err);
 }
 
 size_t ec_stream_md_locked(ec_client *c, const ec_metadata *extra, size_t nextra,
@@ -805,7 +900,6 @@ const void *ec_call_response(const ec_call *k, size_t *len) {
   *len = k->response_len;
   return k->response;
 }
-int ec_call_channel(const ec_call *k) { return k->chan; }
 uint64_t ec_call_token(const ec_call *k) { return k->ready.token; }
 
 void ec_call_release(ec_call *k) {

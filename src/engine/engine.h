@@ -35,6 +35,14 @@ typedef struct ec_config {
   const char *ca_pem, *cert_pem, *key_pem, *server_name;
 } ec_config;
 
+/* The most endpoints (channels) a client has. */
+#define EC_MAX_ENDPOINTS 64
+
+/* 1 when etcd's message means "log in again": the simple token expired
+ * (after --auth-token-ttl unused), or the auth store changed since. The one
+ * list of those messages, for the engine (watch creates) and Lua (rpc.lua). */
+int ec_auth_refusal(const char *msg);
+
 /* The most metadata entries a call carries (the caller's); the streams the
  * engine opens add their own one to the client's. */
 #define EC_MAX_METADATA 16
@@ -122,7 +130,6 @@ int ec_call_status(const ec_call *k); /* grpc_status_code */
 int ec_call_end(const ec_call *k);    /* EC_END_* */
 const char *ec_call_details(const ec_call *k);
 const void *ec_call_response(const ec_call *k, size_t *len);
-int ec_call_channel(const ec_call *k);
 uint64_t ec_call_token(const ec_call *k);
 void ec_call_release(ec_call *k);
 
@@ -142,9 +149,6 @@ void ec_stream_close_send(ec_stream *s);
 /* Take the oldest received message: 1 with *out (ec_msg_free it), 0 when
  * none is queued yet, -1 when none is queued and the stream ended. */
 int ec_stream_read(ec_stream *s, ec_msg **out);
-/* Messages queued for reading. */
-size_t ec_stream_queued(ec_stream *s);
-int ec_stream_ended(ec_stream *s);
 /* Once ended: */
 int ec_stream_status(ec_stream *s);
 int ec_stream_end(ec_stream *s); /* EC_END_* */
@@ -205,7 +209,6 @@ int ec_watch_read(ec_watch *w, ec_msg **out);
 /* EC_W_*; for ENDED, *compact_revision and `reason` (etcd's cancel reason). */
 int ec_watch_state(ec_watch *w, int64_t *compact_revision, char *reason,
                    size_t reasonlen);
-size_t ec_watch_queued(ec_watch *w);
 /* 1 once etcd confirmed the watch, 0 before, -1 if it ended first. */
 int ec_watch_created(ec_watch *w);
 /* Cancel on the server (if live) and drop the caller's reference. */

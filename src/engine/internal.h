@@ -51,6 +51,39 @@ uint64_t ec_token_new(void);
  * ready list (once per reap) and signal the eventfd when the list was empty. */
 void ec_ready_locked(ec_client *c, ec_ready *r);
 
+/* A timer in the client's one deadline heap: the pump sleeps until the
+ * earliest and calls `fire` (pump thread, c->mu held) once it is due. */
+typedef struct ec_timer {
+  gpr_timespec at;
+  size_t idx; /* position in the heap + 1; 0: not scheduled */
+  void (*fire)(ec_client *c, struct ec_timer *t);
+} ec_timer;
+
+typedef struct ec_timers {
+  ec_timer **v;
+  size_t n, cap;
+} ec_timers;
+
+/* With c->mu held: schedule t at `at` (or move it there); 0, or -1 when
+ * out of memory (then it is not scheduled). */
+int ec_timer_set_locked(ec_client *c, ec_timer *t, gpr_timespec at);
+void ec_timer_cancel_locked(ec_client *c, ec_timer *t);
+
+/* What the pump knows of a manager (keepalive.c, watch.c): after every
+ * wake-up `tick` (takes c->mu itself); at close `close_all_locked`; after
+ * the pump stopped `free`. Their timers are in the client's heap. */
+typedef struct ec_manager {
+  void (*tick)(ec_client *c);
+  void (*close_all_locked)(ec_client *c);
+  void (*free)(ec_client *c);
+} ec_manager;
+extern const ec_manager ec_keepalive_manager, ec_watch_manager;
+
+#define EC_REOPEN_MS 500 /* a broken engine stream is replaced after this */
+
+gpr_timespec ec_now(void);
+gpr_timespec ec_after_ms(gpr_timespec t, int64_t ms);
+
 /* Every completion-queue tag starts with this: the pump calls `done`. */
 typedef struct ec_tag {
   void (*done)(struct ec_tag *tag, int ok);
@@ -66,20 +99,20 @@ typedef struct ec_chan {
 } ec_chan;
 
 /* The keep-alive manager (keepalive.c), driven by the pump thread. Leases
- * are found by id in a hash (chained; several keep-alives may renew one id)
- * and wait for their next send or expiry in a deadline heap, so an answer,
- * a tick or a release costs O(log n), not a scan of every lease. */
+ * are found by id in a hash (chained; several keep-alives may renew one id);
+ * each alive lease is a timer in the client's heap, due at its next send or
+ * its expiry, so an answer, a renewal or a release costs O(log n), not a
+ * scan of every lease. */
 typedef struct ec_lease ec_lease;
 typedef struct ec_ka {
   ec_stream *stream;
   int stream_ended;
   int idle; /* we cancelled the stream: nothing needed it */
-  gpr_timespec reopen_at;
+  ec_timer reopen; /* when to open a new stream */
   ec_lease **buckets; /* hash by id; nbuckets is a power of two */
   size_t nbuckets;
-  ec_lease **heap; /* alive leases by min(next_send, expires) */
-  size_t nheap, capheap;
-  size_t n; /* registered (alive or not, until released) */
+  size_t n;      /* registered (alive or not, until released) */
+  size_t nalive; /* alive: renewed, and a timer in the heap */
 } ec_ka;
 
 /* The watch manager (watch.c), driven by the pump thread. */
@@ -90,7 +123,7 @@ typedef struct ec_wm {
   /* we cancelled the stream (nothing needed it, or for a new token): the
    * next one opens at once, not after the break's back-off */
   int reopen_now;
-  gpr_timespec reopen_at;
+  ec_timer reopen; /* when to open a new stream */
   ec_watch *watches; /* singly linked */
   ec_watch *creating; /* the create in flight, if any */
 } ec_wm;
@@ -125,6 +158,7 @@ struct ec_client {
   uint64_t reap_gen;
   int ready_all;
   ec_ready self; /* the client's own token: connectivity, auth, close */
+  ec_timers timers; /* the one deadline heap of the pump */
   size_t max_send; /* the channels' send limit, bytes */
 };
 
@@ -149,19 +183,11 @@ ec_stream *ec_stream_start_locked(ec_client *c, const char *path,
                                   void *hook_ud, char *err, size_t errlen);
 int ec_stream_write_locked(ec_stream *s, const void *data, size_t len);
 void ec_stream_cancel_locked(ec_stream *s);
-
-/* The pump's next wake-up for keep-alives (with c->mu held). */
-gpr_timespec ec_ka_deadline_locked(ec_client *c);
-/* Run after every pump wake-up: send what is due, expire what is late. */
-void ec_ka_tick(ec_client *c);
-/* With c->mu held, client closing: every keep-alive ends as closed. */
-void ec_ka_close_all_locked(ec_client *c);
-/* After the pump stopped: drop the manager's references. */
-void ec_ka_free(ec_client *c);
-gpr_timespec ec_wm_deadline_locked(ec_client *c);
-void ec_wm_tick(ec_client *c);
-void ec_wm_close_all_locked(ec_client *c);
-void ec_wm_free(ec_client *c);
+/* With c->mu held: the metadata and flags of the streams the engine opens
+ * for itself (client metadata + hasleader), failing fast on a member that
+ * is down. NULL when it cannot start (the manager tries again later). */
+ec_stream *ec_engine_stream_locked(ec_client *c, const char *path,
+                                   const ec_stream_hooks *hooks);
 
 /* Copy metadata into a grpc_metadata array (NULL for none, or on OOM with
  * *ok = 0); ec_md_free releases it. */

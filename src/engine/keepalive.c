@@ -1,9 +1,10 @@
 /*
  * Lease keep-alive driven by the pump thread. Every registered lease is
  * renewed on the client's one LeaseKeepAlive stream: a request every 500 ms
- * until etcd answers (as etcd's Go client does), then one every TTL/3. The
- * pump's completion-queue deadline is the timer (gRPC 1.51 has no public
- * timer). The stream carries require-leader metadata and is opened again,
+ * until etcd answers (as etcd's Go client does), then one every TTL/3. Each
+ * alive lease is a timer in the client's deadline heap (client.c), due at
+ * its next send or its expiry; leases are found by id in a hash. The stream
+ * carries require-leader metadata and is opened again,
  * on a ready member, when it breaks (it does not wait for a member that is
  * down: while none is up, a new try every 500 ms). No lua.h here.
  */
@@ -17,15 +18,14 @@
 #include "etcdserverpb/rpc.pb-c.h"
 
 #define RETRY_MS 500
-#define REOPEN_MS 500
 
 struct ec_lease {
   ec_ready ready;
+  ec_timer timer;  /* while alive: due at min(next_send, expires) */
   atomic_int refs; /* the caller's and the manager's */
   ec_client *client;
   ec_lease *hnext; /* hash chain */
   int registered;  /* in the hash (the manager holds a reference) */
-  size_t hidx;     /* position in the deadline heap + 1; 0: not in it */
   int64_t id;
   int state;
   gpr_timespec next_send, expires;
@@ -35,13 +35,6 @@ struct ec_lease {
 };
 
 static const char *const KA_PATH = "/etcdserverpb.Lease/LeaseKeepAlive";
-static const ec_metadata KA_MD[] = {{"hasleader", "true", 4}};
-
-static gpr_timespec now_mono(void) { return gpr_now(GPR_CLOCK_MONOTONIC); }
-
-static gpr_timespec after_ms(gpr_timespec t, int64_t ms) {
-  return gpr_time_add(t, gpr_time_from_millis(ms, GPR_TIMESPAN));
-}
 
 static gpr_timespec tmin(gpr_timespec a, gpr_timespec b) {
   return gpr_time_cmp(a, b) < 0 ? a : b;
@@ -54,75 +47,7 @@ static void lease_unref_n(ec_lease *l, int n) {
   free(l);
 }
 
-/* ---- the deadline heap and the id hash (c->mu held) ------------------- */
-
-static gpr_timespec key_of(const ec_lease *l) { return tmin(l->next_send, l->expires); }
-
-static int before(const ec_lease *a, const ec_lease *b) {
-  return gpr_time_cmp(key_of(a), key_of(b)) < 0;
-}
-
-static void heap_put(ec_ka *ka, size_t i, ec_lease *l) {
-  ka->heap[i] = l;
-  l->hidx = i + 1;
-}
-
-static void heap_up(ec_ka *ka, size_t i) {
-  ec_lease *l = ka->heap[i];
-  while (i > 0) {
-    size_t p = (i - 1) / 2;
-    if (!before(l, ka->heap[p])) break;
-    heap_put(ka, i, ka->heap[p]);
-    i = p;
-  }
-  heap_put(ka, i, l);
-}
-
-static void heap_down(ec_ka *ka, size_t i) {
-  ec_lease *l = ka->heap[i];
-  for (;;) {
-    size_t a = 2 * i + 1, b = a + 1, m = i;
-    const ec_lease *best = l;
-    if (a < ka->nheap && before(ka->heap[a], best)) m = a, best = ka->heap[a];
-    if (b < ka->nheap && before(ka->heap[b], best)) m = b;
-    if (m == i) break;
-    heap_put(ka, i, ka->heap[m]);
-    i = m;
-  }
-  heap_put(ka, i, l);
-}
-
-/* After l's key changed. */
-static void heap_fix(ec_ka *ka, ec_lease *l) {
-  if (!l->hidx) return;
-  heap_up(ka, l->hidx - 1);
-  heap_down(ka, l->hidx - 1);
-}
-
-static int heap_insert(ec_ka *ka, ec_lease *l) {
-  if (ka->nheap == ka->capheap) {
-    size_t cap = ka->capheap ? ka->capheap * 2 : 64;
-    ec_lease **h = realloc(ka->heap, cap * sizeof(ec_lease *));
-    if (!h) return -1;
-    ka->heap = h;
-    ka->capheap = cap;
-  }
-  heap_put(ka, ka->nheap++, l);
-  heap_up(ka, ka->nheap - 1);
-  return 0;
-}
-
-static void heap_remove(ec_ka *ka, ec_lease *l) {
-  if (!l->hidx) return;
-  size_t i = l->hidx - 1;
-  l->hidx = 0;
-  ec_lease *last = ka->heap[--ka->nheap];
-  if (i < ka->nheap) {
-    heap_put(ka, i, last);
-    heap_up(ka, i);
-    heap_down(ka, last->hidx - 1);
-  }
-}
+/* ---- the id hash (c->mu held) ------------------------------------------ */
 
 static size_t bucket_of(const ec_ka *ka, int64_t id) {
   uint64_t h = (uint64_t)id * 0x9e3779b97f4a7c15ULL;
@@ -133,11 +58,12 @@ static int hash_grow(ec_ka *ka) {
   size_t nb = ka->nbuckets ? ka->nbuckets * 2 : 64;
   ec_lease **b = calloc(nb, sizeof(ec_lease *));
   if (!b) return -1;
-  ec_ka old = *ka;
+  ec_lease **old = ka->buckets;
+  size_t nold = ka->nbuckets;
   ka->buckets = b;
   ka->nbuckets = nb;
-  for (size_t i = 0; i < old.nbuckets; i++) {
-    ec_lease *l = old.buckets[i];
+  for (size_t i = 0; i < nold; i++) {
+    ec_lease *l = old[i];
     while (l) {
       ec_lease *next = l->hnext;
       size_t k = bucket_of(ka, l->id);
@@ -146,11 +72,13 @@ static int hash_grow(ec_ka *ka) {
       l = next;
     }
   }
-  free(old.buckets);
+  free(old);
   return 0;
 }
 
 static int hash_insert(ec_ka *ka, ec_lease *l) {
+  /* past one lease per bucket, twice the buckets (if that fails, longer
+   * chains: still correct) */
   if (ka->n >= ka->nbuckets && hash_grow(ka) != 0 && !ka->nbuckets) return -1;
   size_t k = bucket_of(ka, l->id);
   l->hnext = ka->buckets[k];
@@ -168,12 +96,36 @@ static void hash_remove(ec_ka *ka, ec_lease *l) {
     }
 }
 
-/* With c->mu held: the lease is no longer alive (out of the heap). */
+/* Every registered lease, for f (c->mu held; f must not unlink). */
+static void each_lease(ec_client *c, void (*f)(ec_client *, ec_lease *)) {
+  for (size_t i = 0; i < c->ka.nbuckets; i++) {
+    ec_lease *next;
+    for (ec_lease *l = c->ka.buckets[i]; l; l = next) {
+      next = l->hnext;
+      f(c, l);
+    }
+  }
+}
+
+/* ---- state (c->mu held) ------------------------------------------------- */
+
+/* After next_send or expires changed. A lease whose timer cannot be set
+ * (out of memory) is lost: it would otherwise never be renewed. */
+static void reschedule(ec_client *c, ec_lease *l);
+
 static void lose(ec_lease *l, int state, const char *reason) {
+  ec_client *c = l->client;
+  if (l->state == EC_KA_ALIVE) c->ka.nalive--;
   l->state = state;
   snprintf(l->reason, sizeof l->reason, "%s", reason);
-  heap_remove(&l->client->ka, l);
-  ec_ready_locked(l->client, &l->ready);
+  ec_timer_cancel_locked(c, &l->timer);
+  ec_ready_locked(c, &l->ready);
+}
+
+static void reschedule(ec_client *c, ec_lease *l) {
+  if (l->state != EC_KA_ALIVE) return;
+  if (ec_timer_set_locked(c, &l->timer, tmin(l->next_send, l->expires)) != 0)
+    lose(l, EC_KA_EXPIRED, "etcd: keep-alive stopped: out of memory");
 }
 
 /* ---- stream consumer (pump thread, c->mu held) ------------------------ */
@@ -186,11 +138,15 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
       etcdserverpb__lease_keep_alive_response__unpack(NULL, len,
                                                       (const uint8_t *)data);
   if (!r) return;
-  gpr_timespec now = now_mono();
-  ec_lease *next;
-  for (ec_lease *l = c->ka.buckets[bucket_of(&c->ka, r->id)]; l; l = next) {
-    next = l->hnext; /* lose() leaves the chain as it is */
+  gpr_timespec now = ec_now();
+  for (ec_lease *l = c->ka.buckets[bucket_of(&c->ka, r->id)]; l; l = l->hnext) {
     if (l->id != r->id || l->state != EC_KA_ALIVE) continue;
+    if (r->ttl <= 0 && l->seq == 0) {
+      /* it never answered alive: there was no such lease (etcd's words, as
+       * keepalive_once and revoke report it: lease_not_found) */
+      lose(l, EC_KA_EXPIRED, "etcdserver: requested lease not found");
+      continue;
+    }
     if (r->ttl <= 0) {
       char why[160];
       snprintf(why, sizeof why,
@@ -208,9 +164,9 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
       l->latest.member_id = r->header->member_id;
       l->latest.raft_term = r->header->raft_term;
     }
-    l->expires = after_ms(now, r->ttl * 1000);
-    l->next_send = after_ms(now, r->ttl * 1000 / 3);
-    heap_fix(&c->ka, l);
+    l->expires = ec_after_ms(now, r->ttl * 1000);
+    l->next_send = ec_after_ms(now, r->ttl * 1000 / 3);
+    reschedule(c, l);
     ec_ready_locked(c, &l->ready);
   }
   etcdserverpb__lease_keep_alive_response__free_unpacked(r, NULL);
@@ -225,83 +181,81 @@ static const ec_stream_hooks KA_HOOKS = {on_message, on_end};
 
 /* ---- scheduling ------------------------------------------------------- */
 
-static size_t encode_request(int64_t id, uint8_t *buf) {
-  Etcdserverpb__LeaseKeepAliveRequest req =
-      ETCDSERVERPB__LEASE_KEEP_ALIVE_REQUEST__INIT;
-  req.id = id;
-  return etcdserverpb__lease_keep_alive_request__pack(&req, buf);
-}
-
 /* Send a renewal now (if the stream takes it); either way the next try is
  * RETRY_MS from now, until etcd answers. */
 static void send_locked(ec_client *c, ec_lease *l, gpr_timespec now) {
+  Etcdserverpb__LeaseKeepAliveRequest req =
+      ETCDSERVERPB__LEASE_KEEP_ALIVE_REQUEST__INIT;
   uint8_t buf[16];
-  size_t n = encode_request(l->id, buf);
+  req.id = l->id;
+  size_t n = etcdserverpb__lease_keep_alive_request__pack(&req, buf);
   if (c->ka.stream && !c->ka.stream_ended)
     ec_stream_write_locked(c->ka.stream, buf, n);
-  l->next_send = after_ms(now, RETRY_MS);
-  heap_fix(&c->ka, l);
+  l->next_send = ec_after_ms(now, RETRY_MS);
+  reschedule(c, l);
+}
+
+/* A lease's timer: expire it if late, else renew it. */
+static void lease_due(ec_client *c, ec_timer *t) {
+  ec_lease *l = (ec_lease *)((char *)t - offsetof(ec_lease, timer));
+  gpr_timespec now = ec_now();
+  if (gpr_time_cmp(now, l->expires) >= 0) {
+    char why[160];
+    snprintf(why, sizeof why,
+             "etcd: lease %" PRIx64 " expired: no answer from etcd before its TTL ran out",
+             (uint64_t)l->id);
+    lose(l, EC_KA_EXPIRED, why);
+  } else {
+    send_locked(c, l, now);
+  }
+}
+
+/* The reopen timer only wakes the pump: the tick opens the stream. */
+static void reopen_due(ec_client *c, ec_timer *t) {
+  (void)c;
+  (void)t;
+}
+
+static void all_due_now(ec_client *c, ec_lease *l) {
+  if (l->state != EC_KA_ALIVE) return;
+  l->next_send = ec_now();
+  reschedule(c, l);
 }
 
 static void open_locked(ec_client *c, gpr_timespec now) {
-  char err[128];
-  /* Fail fast on a member that is down: the pump tries again in 500 ms on
-   * whichever member is ready then, instead of waiting on this one. */
-  ec_metadata md[EC_MAX_METADATA + 1];
-  size_t nmd = ec_stream_md_locked(c, KA_MD, 1, md, EC_MAX_METADATA + 1);
-  c->ka.stream = ec_stream_start_locked(c, KA_PATH, -1, -1, md, nmd, 0,
-                                        &KA_HOOKS, c, err, sizeof err);
+  c->ka.stream = ec_engine_stream_locked(c, KA_PATH, &KA_HOOKS);
   c->ka.stream_ended = 0;
   if (!c->ka.stream) {
-    c->ka.reopen_at = after_ms(now, REOPEN_MS);
+    /* no member up: try again in a while, on whichever is ready then */
+    ec_timer_set_locked(c, &c->ka.reopen, ec_after_ms(now, EC_REOPEN_MS));
     return;
   }
-  /* a new stream: every alive lease is due now (the order stays a heap) */
-  for (size_t i = 0; i < c->ka.nheap; i++)
-    c->ka.heap[i]->next_send = now;
-  for (size_t i = c->ka.nheap; i-- > 0;) heap_down(&c->ka, i);
+  ec_timer_cancel_locked(c, &c->ka.reopen);
+  /* a new stream: every alive lease is due now */
+  each_lease(c, all_due_now);
 }
 
-gpr_timespec ec_ka_deadline_locked(ec_client *c) {
-  gpr_timespec dl = gpr_inf_future(GPR_CLOCK_MONOTONIC);
-  if (!c->ka.nheap) return dl;
-  dl = key_of(c->ka.heap[0]);
-  if (!c->ka.stream || c->ka.stream_ended) dl = tmin(dl, c->ka.reopen_at);
-  return dl;
-}
-
-void ec_ka_tick(ec_client *c) {
+static void ka_tick(ec_client *c) {
   ec_stream *dead = NULL;
   pthread_mutex_lock(&c->mu);
-  if (c->closed || (!c->ka.nheap && !c->ka.stream)) {
+  if (c->closed || (!c->ka.nalive && !c->ka.stream)) {
     pthread_mutex_unlock(&c->mu);
     return;
   }
-  gpr_timespec now = now_mono();
+  gpr_timespec now = ec_now();
   if (c->ka.stream && c->ka.stream_ended) {
     dead = c->ka.stream;
     c->ka.stream = NULL;
     c->ka.stream_ended = 0;
     /* a stream we let go when nothing needed it is no break: no back-off */
-    c->ka.reopen_at = c->ka.idle ? now : after_ms(now, REOPEN_MS);
+    ec_timer_set_locked(c, &c->ka.reopen,
+                        c->ka.idle ? now : ec_after_ms(now, EC_REOPEN_MS));
     c->ka.idle = 0;
   }
-  if (c->ka.nheap && !c->ka.stream && gpr_time_cmp(now, c->ka.reopen_at) >= 0)
+  if (c->ka.nalive && !c->ka.stream &&
+      (!c->ka.reopen.idx || gpr_time_cmp(now, c->ka.reopen.at) >= 0))
     open_locked(c, now);
-  /* what is due: expire the late, renew the rest */
-  while (c->ka.nheap && gpr_time_cmp(key_of(c->ka.heap[0]), now) <= 0) {
-    ec_lease *l = c->ka.heap[0];
-    if (gpr_time_cmp(now, l->expires) >= 0) {
-      char why[160];
-      snprintf(why, sizeof why,
-               "etcd: lease %" PRIx64 " expired: no answer from etcd before its TTL ran out",
-               (uint64_t)l->id);
-      lose(l, EC_KA_EXPIRED, why);
-    } else {
-      send_locked(c, l, now);
-    }
-  }
-  if (c->ka.stream && !c->ka.nheap && !c->ka.idle) {
+  if (c->ka.stream && !c->ka.nalive && !c->ka.idle) {
     /* nothing left to renew: let the stream go */
     ec_stream_cancel_locked(c->ka.stream);
     c->ka.idle = 1;
@@ -323,35 +277,24 @@ ec_lease *ec_keepalive_start(ec_client *c, int64_t id, int64_t first_timeout_ms,
   atomic_fetch_add(&c->refs, 1);
   l->client = c;
   l->ready.token = ec_token_new();
+  l->timer.fire = lease_due;
   l->id = id;
   l->latest.id = id;
   pthread_mutex_lock(&c->mu);
-  if (c->closed) {
+  c->ka.reopen.fire = reopen_due;
+  if (c->closed || hash_insert(&c->ka, l) != 0) {
+    int closed = c->closed;
     pthread_mutex_unlock(&c->mu);
-    snprintf(err, errlen, "client closed");
-    atomic_store(&l->refs, 1);
-    lease_unref_n(l, 1);
-    return NULL;
-  }
-  gpr_timespec now = now_mono();
-  l->expires = after_ms(now, first_timeout_ms);
-  l->next_send = now;
-  if (hash_insert(&c->ka, l) != 0) {
-    pthread_mutex_unlock(&c->mu);
-    snprintf(err, errlen, "out of memory");
+    snprintf(err, errlen, closed ? "client closed" : "out of memory");
     atomic_store(&l->refs, 1);
     lease_unref_n(l, 1);
     return NULL;
   }
   l->registered = 1;
-  if (heap_insert(&c->ka, l) != 0) {
-    hash_remove(&c->ka, l);
-    pthread_mutex_unlock(&c->mu);
-    snprintf(err, errlen, "out of memory");
-    atomic_store(&l->refs, 1);
-    lease_unref_n(l, 1);
-    return NULL;
-  }
+  c->ka.nalive++;
+  gpr_timespec now = ec_now();
+  l->expires = ec_after_ms(now, first_timeout_ms);
+  l->next_send = now;
   ec_stream *dead = NULL;
   if (c->ka.stream && (c->ka.stream_ended || c->ka.idle)) {
     /* ended, or cancelled because nothing needed it (its end may not be in
@@ -362,9 +305,9 @@ ec_lease *ec_keepalive_start(ec_client *c, int64_t id, int64_t first_timeout_ms,
     c->ka.idle = 0;
   }
   if (!c->ka.stream) open_locked(c, now);
-  /* Send the first request from here: its completion wakes the pump, which
-   * then schedules this lease (the pump may be asleep with no deadline). */
-  if (c->ka.stream) send_locked(c, l, now);
+  /* The first request from here (it also schedules the lease): its
+   * completion wakes the pump, which may be asleep with no deadline. */
+  send_locked(c, l, now);
   pthread_mutex_unlock(&c->mu);
   if (dead) ec_stream_release(dead);
   return l;
@@ -392,7 +335,7 @@ void ec_keepalive_release(ec_lease *l) {
     l->registered = 0;
     owned = 1;
   }
-  if (!c->ka.nheap && c->ka.stream && !c->closed && !c->ka.idle) {
+  if (!c->ka.nalive && c->ka.stream && !c->closed && !c->ka.idle) {
     ec_stream_cancel_locked(c->ka.stream);
     c->ka.idle = 1;
   }
@@ -400,27 +343,30 @@ void ec_keepalive_release(ec_lease *l) {
   lease_unref_n(l, 1 + owned);
 }
 
-void ec_ka_close_all_locked(ec_client *c) {
-  while (c->ka.nheap) lose(c->ka.heap[0], EC_KA_CLOSED, "etcd: client is closed");
+static void close_one(ec_client *c, ec_lease *l) {
+  (void)c;
+  if (l->state == EC_KA_ALIVE) lose(l, EC_KA_CLOSED, "etcd: client is closed");
+}
+
+static void ka_close_all_locked(ec_client *c) {
+  each_lease(c, close_one);
+  ec_timer_cancel_locked(c, &c->ka.reopen);
 }
 
 /* Client teardown (pump stopped): drop the manager's references. */
-void ec_ka_free(ec_client *c) {
+static void ka_free(ec_client *c) {
   for (size_t i = 0; i < c->ka.nbuckets; i++) {
     ec_lease *l = c->ka.buckets[i];
     while (l) {
       ec_lease *next = l->hnext;
       l->registered = 0;
-      l->hidx = 0;
       lease_unref_n(l, 1);
       l = next;
     }
   }
   free(c->ka.buckets);
-  free(c->ka.heap);
   c->ka.buckets = NULL;
-  c->ka.heap = NULL;
-  c->ka.nbuckets = c->ka.nheap = c->ka.capheap = c->ka.n = 0;
+  c->ka.nbuckets = c->ka.n = c->ka.nalive = 0;
   if (c->ka.stream) {
     ec_stream *s = c->ka.stream;
     c->ka.stream = NULL;
@@ -428,11 +374,13 @@ void ec_ka_free(ec_client *c) {
   }
 }
 
+const ec_manager ec_keepalive_manager = {ka_tick, ka_close_all_locked, ka_free};
+
 uint64_t ec_keepalive_token(const ec_lease *l) { return l->ready.token; }
 
 size_t ec_client_nkeepalives(ec_client *c) {
   pthread_mutex_lock(&c->mu);
-  size_t n = c->ka.nheap;
+  size_t n = c->ka.nalive;
   pthread_mutex_unlock(&c->mu);
   return n;
 }

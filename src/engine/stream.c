@@ -340,20 +340,6 @@ int ec_stream_read(ec_stream *s, ec_msg **out) {
   return 1;
 }
 
-size_t ec_stream_queued(ec_stream *s) {
-  pthread_mutex_lock(&s->client->mu);
-  size_t n = s->in.n;
-  pthread_mutex_unlock(&s->client->mu);
-  return n;
-}
-
-int ec_stream_ended(ec_stream *s) {
-  pthread_mutex_lock(&s->client->mu);
-  int e = s->ended;
-  pthread_mutex_unlock(&s->client->mu);
-  return e;
-}
-
 int ec_stream_status(ec_stream *s) { return (int)s->status; }
 int ec_stream_end(ec_stream *s) { return s->end; }
 const char *ec_stream_details(ec_stream *s) {

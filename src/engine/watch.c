@@ -24,7 +24,6 @@
  * re-created once Lua has drained it below half. */
 #define HIGH_COUNT 1024
 #define HIGH_BYTES ((size_t)8 << 20)
-#define REOPEN_MS 500
 #define MAX_DEPTH 64
 
 enum {
@@ -64,11 +63,7 @@ struct ec_watch {
 };
 
 static const char *const WATCH_PATH = "/etcdserverpb.Watch/Watch";
-static const ec_metadata WATCH_MD[] = {{"hasleader", "true", 4}};
 
-static gpr_timespec after_ms(gpr_timespec t, int64_t ms) {
-  return gpr_time_add(t, gpr_time_from_millis(ms, GPR_TIMESPAN));
-}
 
 /* Drop n references at once (the caller's, and the manager's when it held one). */
 static void w_unref_n(ec_watch *w, int n) {
@@ -211,10 +206,13 @@ static void end_locked(ec_watch *w, int state, int64_t compact,
 
 /* ---- stream consumer (pump thread, c->mu held) ------------------------ */
 
-static int auth_refusal(const char *reason) {
-  return reason && (strstr(reason, "invalid auth token") ||
-                    strstr(reason, "revision of auth store is old") ||
-                    strstr(reason, "user name is empty"));
+int ec_auth_refusal(const char *msg) {
+  static const char *const refusals[] = {"invalid auth token",
+                                         "revision of auth store is old",
+                                         "user name is empty"};
+  for (size_t i = 0; msg && i < sizeof refusals / sizeof *refusals; i++)
+    if (strstr(msg, refusals[i])) return 1;
+  return 0;
 }
 
 static ec_watch *find_live(ec_client *c, int64_t id) {
@@ -316,7 +314,7 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
     ec_watch *w = c->wm.creating;
     c->wm.creating = NULL;
     if (w) {
-      if ((r->watch_id == -1 || r->canceled) && auth_refusal(r->cancel_reason) &&
+      if ((r->watch_id == -1 || r->canceled) && ec_auth_refusal(r->cancel_reason) &&
           !w->closing) {
         /* etcd 3.4 keeps the stream but refuses new watches on it once the
          * token expired or the auth store moved on: wait for a new token,
@@ -392,16 +390,28 @@ static void on_end(void *ud, ec_stream *s) {
 
 static const ec_stream_hooks WATCH_HOOKS = {on_message, on_end};
 
+/* The reopen timer only wakes the pump: the tick opens the stream. */
+static void reopen_due(ec_client *c, ec_timer *t) {
+  (void)c;
+  (void)t;
+}
+
+/* When to open the next stream (c->mu held). */
+static void reopen_at(ec_client *c, gpr_timespec at) {
+  c->wm.reopen.fire = reopen_due;
+  ec_timer_set_locked(c, &c->wm.reopen, at);
+}
+
+static int reopen_due_now(ec_client *c, gpr_timespec now) {
+  return !c->wm.reopen.idx || gpr_time_cmp(now, c->wm.reopen.at) >= 0;
+}
+
 static void open_locked(ec_client *c, gpr_timespec now) {
-  char err[128];
-  /* Fail fast on a member that is down; the pump tries again. */
-  ec_metadata md[EC_MAX_METADATA + 1];
-  size_t nmd = ec_stream_md_locked(c, WATCH_MD, 1, md, EC_MAX_METADATA + 1);
-  c->wm.stream = ec_stream_start_locked(c, WATCH_PATH, -1, -1, md, nmd, 0,
-                                        &WATCH_HOOKS, c, err, sizeof err);
+  c->wm.stream = ec_engine_stream_locked(c, WATCH_PATH, &WATCH_HOOKS);
   c->wm.stream_ended = 0;
   c->wm.creating = NULL;
-  if (!c->wm.stream) c->wm.reopen_at = after_ms(now, REOPEN_MS);
+  if (c->wm.stream) ec_timer_cancel_locked(c, &c->wm.reopen);
+  else reopen_at(c, ec_after_ms(now, EC_REOPEN_MS));
 }
 
 static int needs_stream(int state) {
@@ -411,26 +421,18 @@ static int needs_stream(int state) {
 
 /* ---- pump ------------------------------------------------------------- */
 
-gpr_timespec ec_wm_deadline_locked(ec_client *c) {
-  if (c->wm.stream && !c->wm.stream_ended)
-    return gpr_inf_future(GPR_CLOCK_MONOTONIC);
-  for (ec_watch *w = c->wm.watches; w; w = w->next)
-    if (w->state == S_PENDING) return c->wm.reopen_at;
-  return gpr_inf_future(GPR_CLOCK_MONOTONIC);
-}
-
 /* The stream ended, or we cancelled it (it may not have ended yet): take
  * it off the client (the caller releases it outside the lock). Every watch
  * that was on it is created again, on the next stream, from the revision
  * after the last one it received; half-received fragments are dropped (their
- * events come again). A stream that broke is replaced after REOPEN_MS; one
+ * events come again). A stream that broke is replaced after EC_REOPEN_MS; one
  * we cancelled on purpose at once. */
 static ec_stream *detach_stream_locked(ec_client *c, gpr_timespec now) {
   ec_stream *dead = c->wm.stream;
   c->wm.stream = NULL;
   c->wm.stream_ended = 0;
   c->wm.creating = NULL;
-  c->wm.reopen_at = c->wm.reopen_now ? now : after_ms(now, REOPEN_MS);
+  reopen_at(c, c->wm.reopen_now ? now : ec_after_ms(now, EC_REOPEN_MS));
   c->wm.reopen_now = 0;
   for (ec_watch *w = c->wm.watches; w; w = w->next) {
     free(w->frag);
@@ -461,7 +463,7 @@ static void idle_cancel_locked(ec_client *c) {
   c->wm.reopen_now = 1;
 }
 
-void ec_wm_tick(ec_client *c) {
+static void wm_tick(ec_client *c) {
   ec_stream *dead = NULL;
   pthread_mutex_lock(&c->mu);
   if (c->closed || (!c->wm.watches && !c->wm.stream)) {
@@ -474,7 +476,7 @@ void ec_wm_tick(ec_client *c) {
   for (ec_watch *w = c->wm.watches; w; w = w->next) live |= needs_stream(w->state);
   if (!live && c->wm.stream && !c->wm.stream_ended) {
     idle_cancel_locked(c);
-  } else if (live && !c->wm.stream && gpr_time_cmp(now, c->wm.reopen_at) >= 0) {
+  } else if (live && !c->wm.stream && reopen_due_now(c, now)) {
     open_locked(c, now);
   }
   next_create_locked(c);
@@ -484,14 +486,15 @@ void ec_wm_tick(ec_client *c) {
 
 /* Client closing: every watch ends as closed, even one etcd had ended
  * already, and what it had queued goes (no read returns it any more). */
-void ec_wm_close_all_locked(ec_client *c) {
+static void wm_close_all_locked(ec_client *c) {
+  ec_timer_cancel_locked(c, &c->wm.reopen);
   for (ec_watch *w = c->wm.watches; w; w = w->next) {
     end_locked(w, S_CLOSED, 0, "client closed");
     ec_queue_clear(&w->q);
   }
 }
 
-void ec_wm_free(ec_client *c) {
+static void wm_free(ec_client *c) {
   ec_watch *w = c->wm.watches;
   c->wm.watches = NULL;
   c->wm.creating = NULL;
@@ -507,6 +510,8 @@ void ec_wm_free(ec_client *c) {
     ec_stream_release(s);
   }
 }
+
+const ec_manager ec_watch_manager = {wm_tick, wm_close_all_locked, wm_free};
 
 /* ---- API (Lua's thread) ----------------------------------------------- */
 
@@ -541,7 +546,7 @@ ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
   /* A stream we cancelled because no watch needed it (its end may not be in
    * yet) is replaced now: a create sent on it would be lost with it. */
   ec_stream *dead = NULL;
-  gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+  gpr_timespec now = ec_now();
   if (c->wm.stream && c->wm.reopen_now) dead = detach_stream_locked(c, now);
   /* append: creates go out in the order watches were made */
   ec_watch **p = &c->wm.watches;
@@ -594,13 +599,6 @@ int ec_watch_created(ec_watch *w) {
   return r;
 }
 
-size_t ec_watch_queued(ec_watch *w) {
-  pthread_mutex_lock(&w->client->mu);
-  size_t n = w->q.n;
-  pthread_mutex_unlock(&w->client->mu);
-  return n;
-}
-
 void ec_watch_release(ec_watch *w) {
   ec_client *c = w->client;
   int drop_manager = 0;
@@ -647,7 +645,7 @@ void ec_client_auth_refreshed(ec_client *c) {
       ec_stream_cancel_locked(c->wm.stream);
       c->wm.reopen_now = 1;
     }
-    c->wm.reopen_at = gpr_now(GPR_CLOCK_MONOTONIC);
+    reopen_at(c, ec_now());
   }
   pthread_mutex_unlock(&c->mu);
 }

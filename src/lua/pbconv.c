@@ -11,6 +11,56 @@
 
 #define BOX_MT "etcd.core.unpacked"
 
+/* Field names as Lua sees them: snake case, lower case (`grantedTTL` ->
+ * `granted_ttl`, `peerURLs` -> `peer_urls`, `ID` -> `id`). */
+static void push_lua_name(lua_State *L, const char *name) {
+  char buf[128];
+  size_t j = 0;
+  for (size_t i = 0; name[i] && j < sizeof buf - 2; i++) {
+    unsigned char ch = (unsigned char)name[i];
+    if (isupper(ch)) {
+      if (i > 0 && (islower((unsigned char)name[i - 1]) ||
+                    isdigit((unsigned char)name[i - 1])))
+        buf[j++] = '_';
+      buf[j++] = (char)tolower(ch);
+    } else {
+      buf[j++] = (char)ch;
+    }
+  }
+  lua_pushlstring(L, buf, j);
+}
+
+static const char names_key = 'n';
+
+/* The name table of message `d`, made once per Lua state and pushed:
+ * t[i] = the Lua name of field i (i = 1..n_fields, snake case: the key
+ * responses use), and t[name] = i for both its .proto name and its Lua name,
+ * so requests accept either (`TTL` or `ttl`, `peerURLs` or `peer_urls`). */
+static void push_names(lua_State *L, const ProtobufCMessageDescriptor *d) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &names_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &names_key);
+  }
+  if (lua_rawgetp(L, -1, d) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, (int)d->n_fields, (int)d->n_fields * 2);
+    for (unsigned i = 0; i < d->n_fields; i++) {
+      push_lua_name(L, d->fields[i].name);
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, -3, (lua_Integer)i + 1);
+      lua_pushinteger(L, (lua_Integer)i + 1);
+      lua_rawset(L, -3);
+      lua_pushinteger(L, (lua_Integer)i + 1);
+      lua_setfield(L, -2, d->fields[i].name);
+    }
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, -3, d);
+  }
+  lua_remove(L, -2);
+}
+
 /* ---------------------------------------------------------------------- */
 /* encoding                                                                 */
 
@@ -180,13 +230,20 @@ static void enc_message(enc *e, int idx, const ProtobufCMessageDescriptor *d,
                         ProtobufCMessage *m, int depth) {
   lua_State *L = e->L;
   idx = lua_absindex(L, idx);
-  luaL_checkstack(L, 8, "etcd.core: message nested too deeply");
+  luaL_checkstack(L, 10, "etcd.core: message nested too deeply");
+  push_names(L, d);
+  int names = lua_gettop(L);
   /* Every key must be a field of the message: a typo is a bug, not a no-op. */
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_pop(L, 1);
-    if (lua_type(L, -1) != LUA_TSTRING ||
-        !protobuf_c_message_descriptor_get_field_by_name(d, lua_tostring(L, -1)))
+    int known = lua_type(L, -1) == LUA_TSTRING;
+    if (known) {
+      lua_pushvalue(L, -1);
+      known = lua_rawget(L, names) == LUA_TNUMBER;
+      lua_pop(L, 1);
+    }
+    if (!known)
       luaL_error(L, "etcd.core: %s has no field '%s'", d->name,
                  lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
                                                 : luaL_typename(L, -1));
@@ -195,7 +252,24 @@ static void enc_message(enc *e, int idx, const ProtobufCMessageDescriptor *d,
   unsigned oneof_q = 0;
   for (unsigned i = 0; i < d->n_fields; i++) {
     const ProtobufCFieldDescriptor *f = &d->fields[i];
-    if (lua_getfield(L, idx, f->name) == LUA_TNIL) {
+    /* by its .proto name, or by its Lua name (not both) */
+    int t = lua_getfield(L, idx, f->name);
+    lua_rawgeti(L, names, (lua_Integer)i + 1);
+    if (strcmp(lua_tostring(L, -1), f->name) != 0) {
+      const char *alias = lua_tostring(L, -1);
+      if (lua_gettable(L, idx) != LUA_TNIL) {
+        if (t != LUA_TNIL)
+          luaL_error(L, "etcd.core: %s: '%s' and '%s' name the same field",
+                     d->name, f->name, alias);
+        lua_remove(L, -2);
+        t = lua_type(L, -1);
+      } else {
+        lua_pop(L, 1);
+      }
+    } else {
+      lua_pop(L, 1);
+    }
+    if (t == LUA_TNIL) {
       lua_pop(L, 1);
       continue;
     }
@@ -230,6 +304,7 @@ static void enc_message(enc *e, int idx, const ProtobufCMessageDescriptor *d,
     }
     lua_pop(L, 1);
   }
+  lua_remove(L, names);
 }
 
 void pbconv_pack(lua_State *L, int idx, const ProtobufCMessageDescriptor *desc) {
@@ -251,25 +326,6 @@ void pbconv_pack(lua_State *L, int idx, const ProtobufCMessageDescriptor *desc) 
 
 /* ---------------------------------------------------------------------- */
 /* decoding                                                                 */
-
-/* Field names as Lua sees them: snake case, lower case (`grantedTTL` ->
- * `granted_ttl`, `peerURLs` -> `peer_urls`, `ID` -> `id`). */
-static void push_lua_name(lua_State *L, const char *name) {
-  char buf[128];
-  size_t j = 0;
-  for (size_t i = 0; name[i] && j < sizeof buf - 2; i++) {
-    unsigned char ch = (unsigned char)name[i];
-    if (isupper(ch)) {
-      if (i > 0 && (islower((unsigned char)name[i - 1]) ||
-                    isdigit((unsigned char)name[i - 1])))
-        buf[j++] = '_';
-      buf[j++] = (char)tolower(ch);
-    } else {
-      buf[j++] = (char)ch;
-    }
-  }
-  lua_pushlstring(L, buf, j);
-}
 
 static void push_message(lua_State *L, const ProtobufCMessage *m, int depth);
 
@@ -328,7 +384,9 @@ static void push_message(lua_State *L, const ProtobufCMessage *m, int depth) {
   if (depth > PBCONV_MAX_DEPTH)
     luaL_error(L, "etcd.core: response nested deeper than %d levels",
                PBCONV_MAX_DEPTH);
-  luaL_checkstack(L, 6, "etcd.core: response nested too deeply");
+  luaL_checkstack(L, 8, "etcd.core: response nested too deeply");
+  push_names(L, d);
+  int names = lua_gettop(L);
   lua_createtable(L, 0, (int)d->n_fields);
   const char *base = (const char *)m;
   for (unsigned i = 0; i < d->n_fields; i++) {
@@ -337,7 +395,7 @@ static void push_message(lua_State *L, const ProtobufCMessage *m, int depth) {
       size_t n = *(const size_t *)(base + f->quantifier_offset);
       const char *arr = *(const char *const *)(base + f->offset);
       size_t es = elem_size(f);
-      push_lua_name(L, f->name);
+      lua_rawgeti(L, names, (lua_Integer)i + 1);
       lua_createtable(L, n > INT32_MAX ? 0 : (int)n, 0);
       for (size_t j = 0; j < n; j++) {
         push_value(L, f, arr + j * es, depth);
@@ -357,10 +415,11 @@ static void push_message(lua_State *L, const ProtobufCMessage *m, int depth) {
     if (f->type == PROTOBUF_C_TYPE_MESSAGE &&
         !*(const ProtobufCMessage *const *)(base + f->offset))
       continue; /* absent sub-message: nil */
-    push_lua_name(L, f->name);
+    lua_rawgeti(L, names, (lua_Integer)i + 1);
     push_value(L, f, base + f->offset, depth);
     lua_rawset(L, -3);
   }
+  lua_remove(L, names);
 }
 
 typedef struct box {

@@ -1,0 +1,105 @@
+/*
+ * Keep-alives for Lua: client:_keepalive(id, first_timeout) -> ka;
+ * ka:state(), ka:token(), ka:close() (also __gc and __close);
+ * client:_nkeepalives().
+ */
+#include "lua/binding.h"
+
+typedef struct lka {
+  ec_lease *l;
+  lpressure *p;
+} lka;
+
+/* client:_keepalive(id, first_timeout_seconds) -> ka | nil, msg, code */
+static int l_keepalive(lua_State *L) {
+  int nret;
+  ec_client *c = lb_live_client(L, &nret);
+  if (!c) return nret;
+  lua_Integer id = luaL_checkinteger(L, 2);
+  int64_t ms = lb_opt_ms(L, 3, 6000);
+  lpressure *p = lb_pressure_before_new(L, P_KA);
+  lka *u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->l = NULL;
+  u->p = NULL;
+  luaL_setmetatable(L, KA_MT);
+  char err[128];
+  u->l = ec_keepalive_start(c, (int64_t)id, ms, err, sizeof err);
+  if (!u->l) return lb_push_fail(L, err, ec_client_closed(c) ? "closed" : "INTERNAL");
+  u->p = p;
+  p->live[P_KA]++;
+  return 1;
+}
+
+/* ka:state() -> "alive"|"expired"|"closed", seq, latest | reason
+ * latest = { id, ttl, header = {...} } (nil before the first answer). */
+static int k_state(lua_State *L) {
+  lka *u = luaL_checkudata(L, 1, KA_MT);
+  if (!u->l) {
+    lua_pushstring(L, "closed");
+    lua_pushinteger(L, 0);
+    lua_pushstring(L, "etcd: keep-alive is closed");
+    return 3;
+  }
+  uint64_t seq;
+  ec_ka_response r;
+  char reason[160];
+  int st = ec_keepalive_state(u->l, &seq, &r, reason, sizeof reason);
+  lua_pushstring(L, st == EC_KA_ALIVE ? "alive" : st == EC_KA_EXPIRED ? "expired" : "closed");
+  lua_pushinteger(L, (lua_Integer)seq);
+  if (st != EC_KA_ALIVE) {
+    lua_pushstring(L, reason);
+    return 3;
+  }
+  if (seq == 0) {
+    lua_pushnil(L);
+    return 3;
+  }
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)r.id);
+  lua_setfield(L, -2, "id");
+  lua_pushinteger(L, (lua_Integer)r.ttl);
+  lua_setfield(L, -2, "ttl");
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, (lua_Integer)r.cluster_id);
+  lua_setfield(L, -2, "cluster_id");
+  lua_pushinteger(L, (lua_Integer)r.member_id);
+  lua_setfield(L, -2, "member_id");
+  lua_pushinteger(L, (lua_Integer)r.revision);
+  lua_setfield(L, -2, "revision");
+  lua_pushinteger(L, (lua_Integer)r.raft_term);
+  lua_setfield(L, -2, "raft_term");
+  lua_setfield(L, -2, "header");
+  return 3;
+}
+
+static int k_token(lua_State *L) {
+  lka *u = luaL_checkudata(L, 1, KA_MT);
+  lua_pushinteger(L, u->l ? (lua_Integer)ec_keepalive_token(u->l) : 0);
+  return 1;
+}
+
+/* ka:close(): stop renewing; idempotent, also __gc and __close */
+static int k_close(lua_State *L) {
+  lka *u = luaL_checkudata(L, 1, KA_MT);
+  if (u->l) {
+    ec_keepalive_release(u->l);
+    lb_pressure_gone(u->p, P_KA);
+  }
+  u->l = NULL;
+  return 0;
+}
+
+static int l_nkeepalives(lua_State *L) {
+  lclient *u = lb_check_client(L);
+  lua_pushinteger(L, u->c ? (lua_Integer)ec_client_nkeepalives(u->c) : 0);
+  return 1;
+}
+
+void lb_open_keepalive(lua_State *L) {
+  static const luaL_Reg methods[] = {{"state", k_state}, {"close", k_close},
+                                     {"token", k_token}, {NULL, NULL}};
+  lb_new_class(L, KA_MT, methods, k_close, k_close);
+  lua_pop(L, 1);
+  lb_client_method(L, "_keepalive", l_keepalive);
+  lb_client_method(L, "_nkeepalives", l_nkeepalives);
+}
