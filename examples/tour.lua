@@ -290,6 +290,35 @@ end
 local st = assert(cli:status(cli:endpoints()[1]))
 print(("status of %s: etcd %s, leader %x, db %d bytes"):format(cli:endpoints()[1], st.version, st.leader, st.db_size))
 
+section "6.0 many things at once: coroutines (Go: goroutines)"
+-- Go runs the walk-through's lock and election examples in goroutines. In Lua,
+-- etcd.spawn starts a coroutine in which every etcd call yields instead of
+-- blocking; etcd.run() drives them all until they have finished.
+do
+  local w <close> = must(cli:watch("tour/jobs/", { prefix = true }))
+  local consumer = etcd.spawn(function()
+    local seen = 0
+    for _ in w:events() do
+      seen = seen + 1
+      if seen == 16 then return seen end
+    end
+  end)
+  for i = 1, 16 do
+    etcd.spawn(function() must(cli:put(("tour/jobs/%02d"):format(i), "job")) end)
+  end
+  etcd.run() -- the 16 puts were in flight at once, on one connection
+  local ok, seen = consumer:join()
+  assert(ok and seen == 16)
+  print(("16 puts from 16 coroutines; a watching coroutine saw all %d events"):format(seen))
+  -- the first of several things, as Go's select
+  local tick = etcd.spawn(function() etcd.sleep(0.05) return "tick" end)
+  local ev = etcd.spawn(function() return w:next() end)
+  local which, _, what = etcd.first(tick, ev)
+  print(("etcd.first: the %s came first"):format(which == 1 and what or "event"))
+  w:close() -- ends the waiting one
+  etcd.run()
+end
+
 section "6.1 concurrency: lock and try-lock"
 not_yet("mutex lock and try-lock")
 
