@@ -20,9 +20,13 @@ local regress_dir = arg[2]
 
 -- the harness's target list: every public function, sorted by name
 local targets = {}
+-- not the scheduler's (fuzz_options.c says why)
+local SCHED = { spawn = true, run = true, sleep = true, first = true, yield = true }
 local function add(prefix, t)
   for name, f in pairs(t) do
-    if type(f) == "function" and not name:find("^_") then targets[#targets + 1] = prefix .. name end
+    if type(f) == "function" and not name:find("^_") and not (prefix == "etcd." and SCHED[name]) then
+      targets[#targets + 1] = prefix .. name
+    end
   end
 end
 add("etcd.", etcd)
@@ -305,6 +309,8 @@ local seeds = {
   ["client-misc"] = {
     { "cli:endpoints" },
     { "cli:pollfd" },
+    { "cli:events" },
+    { "cli:timeout" },
     { "etcd.prefix_end", "a\255" },
     { "etcd.prefix_end", "\255\255" },
     { "etcd.prefix_end", NIL },

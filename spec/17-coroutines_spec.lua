@@ -297,6 +297,17 @@ describe("coroutines", function()
     assert.is_true(ticks >= 5, "ticks: " .. ticks)
   end)
 
+  it("misuse of the scheduler's functions raises, naming them", function()
+    assert.has_error(function() etcd.spawn(42) end, "etcd.spawn: bad argument #1 (function expected, got number)")
+    assert.has_error(function() etcd.sleep("1") end,
+      "etcd.sleep: bad argument #1 (seconds): non-negative number of seconds expected, got string")
+    assert.has_error(function() etcd.sleep(-1) end,
+      "etcd.sleep: bad argument #1 (seconds): non-negative number of seconds expected, got -1")
+    assert.has_error(function() etcd.Task.join({}) end, "join: bad self (etcd task expected)")
+    assert.has_error(function() require("etcd.luv").spawn(nil) end,
+      "etcd.luv.spawn: bad argument #1 (function expected, got nil)")
+  end)
+
   it("etcd.run from a spawned coroutine is misuse", function()
     local h = etcd.spawn(function() etcd.run() end)
     local ok, err = h:join()

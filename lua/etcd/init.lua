@@ -38,6 +38,7 @@ local etcd = {
   end,
   yield = sched.yield,
   first = sched.first,
+  Task = sched.Task, -- the class of the handles etcd.spawn returns
 }
 
 local Client = { __name = "etcd.client" }

@@ -104,7 +104,7 @@ end
 -- default loop; it starts on the loop's next turn. h:join() as etcd.spawn's
 -- (outside a coroutine it runs the loop until h ends).
 function M.spawn(fn, ...)
-  local task = sched.new_task(driver, fn)
+  local task = sched.new_task(driver, fn, "etcd.luv.spawn")
   local args = table.pack(...)
   later(function() sched.resume(task, table.unpack(args, 1, args.n)) end)
   return task

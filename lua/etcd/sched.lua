@@ -135,9 +135,9 @@ end
 M.resume = resume
 
 --- A task running fn(...) in a coroutine; `d` is its driver (built-in or luv).
-function M.new_task(d, fn)
+function M.new_task(d, fn, what)
   if type(fn) ~= "function" then
-    error(("spawn: bad argument #1 (function expected, got %s)"):format(type(fn)), 3)
+    error(("%s: bad argument #1 (function expected, got %s)"):format(what, type(fn)), 3)
   end
   local task = setmetatable({ co = coroutine.create(fn), state = "running", seq = 0,
                               ev = wait.event(), driver = d }, Task)
@@ -150,7 +150,7 @@ end
 --- etcd.spawn(fn, ...) -> handle: run fn(...) in a new coroutine under the
 -- built-in scheduler. It starts at the next etcd.run(), join or wait.
 function M.spawn(fn, ...)
-  local task = M.new_task(driver, fn)
+  local task = M.new_task(driver, fn, "etcd.spawn")
   enqueue(task, table.pack(...))
   return task
 end
