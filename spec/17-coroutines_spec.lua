@@ -126,6 +126,8 @@ describe("coroutines", function()
     etcd.run()
     assert.equal(n, done)
     assert.equal(0, cli._core:_inflight())
+    -- each wait had a deadline timer; every one went with its wait
+    assert.equal(0, #require("etcd.sched")._state.timers)
   end)
 
   it("a coroutine waiting on a keep-alive sees the lease lost", function()

@@ -26,34 +26,61 @@ M._state = S
 -- ---------------------------------------------------------------------------
 -- the timer heap
 
-local function heap_push(h, e)
-  local i = #h + 1
+-- Entries are { at, task, seq, idx }: idx is the entry's place in the heap
+-- (nil once out of it), so a wait that ends by its token removes its timer
+-- at once instead of leaving it to its deadline.
+local function put(h, i, e)
   h[i] = e
+  e[4] = i
+end
+
+local function sift_up(h, i)
+  local e = h[i]
   while i > 1 do
     local p = i // 2
     if h[p][1] <= e[1] then break end
-    h[i], h[p] = h[p], e
+    put(h, i, h[p])
     i = p
+  end
+  put(h, i, e)
+end
+
+local function sift_down(h, i)
+  local n, e = #h, h[i]
+  while true do
+    local l, r, m = 2 * i, 2 * i + 1, i
+    local best = e
+    if l <= n and h[l][1] < best[1] then m, best = l, h[l] end
+    if r <= n and h[r][1] < best[1] then m = r end
+    if m == i then break end
+    put(h, i, h[m])
+    i = m
+  end
+  put(h, i, e)
+end
+
+local function heap_push(h, e)
+  put(h, #h + 1, e)
+  sift_up(h, #h)
+end
+
+local function heap_remove(h, e)
+  local i = e[4]
+  if not i then return end
+  e[4] = nil
+  local n = #h
+  local last = h[n]
+  h[n] = nil
+  if i < n then
+    put(h, i, last)
+    sift_up(h, i)
+    sift_down(h, last[4])
   end
 end
 
 local function heap_pop(h)
-  local top, n = h[1], #h
-  local last = h[n]
-  h[n] = nil
-  n = n - 1
-  if n > 0 then
-    local i = 1
-    while true do
-      local l, r, m = 2 * i, 2 * i + 1, i
-      if l <= n and h[l][1] < (m == i and last or h[m])[1] then m = l end
-      if r <= n and h[r][1] < (m == i and last or h[m])[1] then m = r end
-      if m == i then break end
-      h[i] = h[m]
-      i = m
-    end
-    h[i] = last
-  end
+  local top = h[1]
+  heap_remove(h, top)
   return top
 end
 
@@ -93,9 +120,11 @@ function driver.park(rec, cc, dl)
   task.rec = rec
   task.seq = task.seq + 1
   if cc then S.polled[cc] = (S.polled[cc] or 0) + 1 end
-  if dl then heap_push(S.timers, { dl, task, task.seq }) end
+  local timer = dl and { dl, task, task.seq }
+  if timer then heap_push(S.timers, timer) end
   local ok, why = pcall(coroutine.yield, PARK)
   task.rec = nil
+  if timer then heap_remove(S.timers, timer) end
   if cc then
     local n = S.polled[cc] - 1
     S.polled[cc] = n > 0 and n or nil
@@ -201,8 +230,7 @@ local function fire_timers()
   end
 end
 
--- Drop timers whose task has moved on (keeps the heap from growing when
--- waits end by their token long before their deadline).
+-- The nearest deadline (a stale entry, should one remain, is dropped).
 local function next_timer()
   local h = S.timers
   while h[1] and (h[1][2].seq ~= h[1][3] or not h[1][2].rec) do heap_pop(h) end

@@ -123,6 +123,7 @@ typedef struct ec_wm {
   /* we cancelled the stream (nothing needed it, or for a new token): the
    * next one opens at once, not after the break's back-off */
   int reopen_now;
+  int maybe_pending; /* some watch may be S_PENDING: next_create scans */
   ec_timer reopen; /* when to open a new stream */
   ec_watch *watches; /* singly linked */
   ec_watch *creating; /* the create in flight, if any */

@@ -168,7 +168,8 @@ static int send_create_locked(ec_client *c, ec_watch *w) {
  * that a failed one (answered with watch_id -1) is known. A create too large
  * to send ends its watch, and the next one goes. */
 static void next_create_locked(ec_client *c) {
-  if (!c->wm.stream || c->wm.stream_ended || c->wm.creating || c->need_auth)
+  if (!c->wm.maybe_pending || !c->wm.stream || c->wm.stream_ended ||
+      c->wm.creating || c->need_auth)
     return;
   for (ec_watch *w = c->wm.watches; w; w = w->next) {
     if (w->state != S_PENDING) continue;
@@ -181,6 +182,7 @@ static void next_create_locked(ec_client *c) {
     }
     return;
   }
+  c->wm.maybe_pending = 0; /* none: no scan until one is pending again */
 }
 
 static void open_locked(ec_client *c, gpr_timespec now);
@@ -189,6 +191,7 @@ static void maybe_resume_locked(ec_client *c, ec_watch *w) {
   if (w->state == S_PAUSED && w->q.n <= HIGH_COUNT / 2 &&
       w->q.bytes <= HIGH_BYTES / 2) {
     w->state = S_PENDING;
+    c->wm.maybe_pending = 1;
     /* The pump may be asleep with nothing to wait for: open the stream from
      * here if there is none; the create's completion wakes the pump. */
     if (!c->wm.stream) open_locked(c, gpr_now(GPR_CLOCK_MONOTONIC));
@@ -320,6 +323,7 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
          * token expired or the auth store moved on: wait for a new token,
          * then create it again on a new stream (ec_client_auth_refreshed). */
         w->state = S_PENDING;
+        c->wm.maybe_pending = 1;
         c->need_auth = 1;
         /* whichever watch is waited on logs in again */
         for (ec_watch *x = c->wm.watches; x; x = x->next) wake(x);
@@ -438,7 +442,10 @@ static ec_stream *detach_stream_locked(ec_client *c, gpr_timespec now) {
     free(w->frag);
     w->frag = NULL;
     w->frag_len = 0;
-    if (w->state == S_CREATING || w->state == S_ACTIVE) w->state = S_PENDING;
+    if (w->state == S_CREATING || w->state == S_ACTIVE) {
+      w->state = S_PENDING;
+      c->wm.maybe_pending = 1;
+    }
     else if (w->state == S_PAUSING) w->state = S_PAUSED;
     if (w->closing) w->state = S_CLOSED;
   }
@@ -472,8 +479,9 @@ static void wm_tick(ec_client *c) {
   }
   gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
   if (c->wm.stream && c->wm.stream_ended) dead = detach_stream_locked(c, now);
-  int live = 0;
-  for (ec_watch *w = c->wm.watches; w; w = w->next) live |= needs_stream(w->state);
+  int live = 0; /* some watch needs the stream (usually the first one) */
+  for (ec_watch *w = c->wm.watches; w && !live; w = w->next)
+    live = needs_stream(w->state);
   if (!live && c->wm.stream && !c->wm.stream_ended) {
     idle_cancel_locked(c);
   } else if (live && !c->wm.stream && reopen_due_now(c, now)) {
@@ -553,6 +561,7 @@ ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
   while (*p) p = &(*p)->next;
   *p = w;
   w->in_list = 1;
+  c->wm.maybe_pending = 1;
   if (!c->wm.stream) open_locked(c, now);
   /* The create's completion wakes the pump, which then owns the rest. An
    * ended stream is replaced by the pump, which its end already woke. */
