@@ -95,10 +95,12 @@ describe("etcd.new", function()
         "etcd.new: option 'dial_timeout': non-negative number of seconds expected, got string")
       assert.has_error(function() etcd.new { endpoints = { srv.endpoint }, timeout = -1 } end,
         "etcd.new: option 'timeout': non-negative number of seconds expected, got -1")
-      assert.has_error(function() etcd.new { endpoints = { srv.endpoint }, timeout = 0 / 0 } end)
+      assert.error_matches(function() etcd.new { endpoints = { srv.endpoint }, timeout = 0 / 0 } end,
+        "etcd.new: option 'timeout': non%-negative number of seconds expected, got %-?nan")
       assert.has_error(function() etcd.new { endpoints = { srv.endpoint }, namespace = 1 } end,
         "etcd.new: option 'namespace': string expected, got integer")
-      assert.has_error(function() etcd.new { endpoints = { srv.endpoint }, max_send_size = -5 } end)
+      assert.has_error(function() etcd.new { endpoints = { srv.endpoint }, max_send_size = -5 } end,
+        "etcd.new: option 'max_send_size': size in bytes (0 to 2^31-1) expected, got -5")
     end)
     it("rejects bad endpoints", function()
       assert.has_error(function() etcd.new { endpoints = {} } end,

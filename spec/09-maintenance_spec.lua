@@ -132,6 +132,7 @@ describe("cluster and maintenance", function()
     assert.has_error(function() cli:member_remove("1") end,
       "member_remove: bad argument #1 (id): integer expected, got string")
     assert.has_error(function() cli:member_list { all = true } end, "member_list: unknown option 'all'")
-    assert.has_error(function() cli:alarm_disarm { member_id = 1, alarm = "fire" } end)
+    assert.has_error(function() cli:alarm_disarm { member_id = 1, alarm = "fire" } end,
+      [[alarm_disarm: alarm.alarm: expected one of "corrupt", "none", "nospace", got "fire"]])
   end)
 end)

@@ -155,6 +155,7 @@ describe("user and password", function()
   it("user and password go together", function()
     assert.has_error(function() etcd.new { endpoints = srv.endpoints, user = "guest" } end,
       "etcd.new: options 'user' and 'password' go together")
-    assert.has_error(function() etcd.new { endpoints = srv.endpoints, user = 1, password = "x" } end)
+    assert.has_error(function() etcd.new { endpoints = srv.endpoints, user = 1, password = "x" } end,
+      "etcd.new: option 'user': string expected, got integer")
   end)
 end)

@@ -198,7 +198,8 @@ io.stdout:write(msg)]]):format(srv.https_endpoint, certs.other_ca)
 
   describe("misuse raises", function()
     it("tls that is not a table", function()
-      assert.has_error(function() etcd.new { endpoints = { srv.endpoint }, tls = "x" } end)
+      assert.has_error(function() etcd.new { endpoints = { srv.endpoint }, tls = "x" } end,
+        "etcd.new: option 'tls': table expected, got string")
       local ok, err = pcall(etcd.new, { endpoints = { srv.endpoint }, tls = "x" })
       assert.is_false(ok)
       assert.matches("tls", err)
