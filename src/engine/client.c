@@ -268,8 +268,21 @@ void ec_timer_cancel_locked(ec_client *c, ec_timer *t) {
 /* ---------------------------------------------------------------------- */
 /* pump thread                                                              */
 
-static const ec_manager *const managers[] = {&ec_keepalive_manager,
-                                             &ec_watch_manager, NULL};
+void ec_manager_register_locked(ec_client *c, const ec_manager *m) {
+  for (size_t i = 0; i < c->nmanagers; i++)
+    if (c->managers[i] == m) return;
+  if (c->nmanagers < EC_MAX_MANAGERS) c->managers[c->nmanagers++] = m;
+}
+
+/* The registered managers, as the pump (the only writer besides the Lua
+ * thread under c->mu) sees them: read under the mutex. */
+static size_t managers_of(ec_client *c, const ec_manager **out) {
+  pthread_mutex_lock(&c->mu);
+  size_t n = c->nmanagers;
+  for (size_t i = 0; i < n; i++) out[i] = c->managers[i];
+  pthread_mutex_unlock(&c->mu);
+  return n;
+}
 
 static void *pump_main(void *arg) {
   ec_client *c = arg;
@@ -297,7 +310,9 @@ static void *pump_main(void *arg) {
       }
     }
     pthread_mutex_unlock(&c->mu);
-    for (const ec_manager *const *m = managers; *m; m++) (*m)->tick(c);
+    const ec_manager *ms[EC_MAX_MANAGERS];
+    size_t nm = managers_of(c, ms);
+    for (size_t i = 0; i < nm; i++) ms[i]->tick(c);
   }
   return NULL;
 }
@@ -526,7 +541,7 @@ void ec_client_close(ec_client *c) {
                                  "client closed", NULL);
   }
   ec_streams_cancel_all(c);
-  for (const ec_manager *const *m = managers; *m; m++) (*m)->close_all_locked(c);
+  for (size_t i = 0; i < c->nmanagers; i++) c->managers[i]->close_all_locked(c);
   pthread_mutex_unlock(&c->mu);
   /* Pending connectivity watches complete when their channel is destroyed. */
   for (size_t i = 0; i < c->nchan; i++)
@@ -548,7 +563,7 @@ void ec_client_close(ec_client *c) {
     grpc_completion_queue_destroy(c->cq);
     c->cq = NULL;
   }
-  for (const ec_manager *const *m = managers; *m; m++) (*m)->free(c);
+  for (size_t i = 0; i < c->nmanagers; i++) c->managers[i]->free(c);
   free(c->timers.v);
   c->timers.v = NULL;
   c->timers.n = c->timers.cap = 0;

@@ -71,13 +71,17 @@ void ec_timer_cancel_locked(ec_client *c, ec_timer *t);
 
 /* What the pump knows of a manager (keepalive.c, watch.c): after every
  * wake-up `tick` (takes c->mu itself); at close `close_all_locked`; after
- * the pump stopped `free`. Their timers are in the client's heap. */
+ * the pump stopped `free`. Their timers are in the client's heap. A manager
+ * registers itself with a client on first use (ec_manager_register_locked):
+ * client.c knows none of them by name. */
 typedef struct ec_manager {
   void (*tick)(ec_client *c);
   void (*close_all_locked)(ec_client *c);
   void (*free)(ec_client *c);
 } ec_manager;
-extern const ec_manager ec_keepalive_manager, ec_watch_manager;
+#define EC_MAX_MANAGERS 4
+/* With c->mu held; idempotent. */
+void ec_manager_register_locked(ec_client *c, const ec_manager *m);
 
 #define EC_REOPEN_MS 500 /* a broken engine stream is replaced after this */
 
@@ -160,6 +164,8 @@ struct ec_client {
   int ready_all;
   ec_ready self; /* the client's own token: connectivity, auth, close */
   ec_timers timers; /* the one deadline heap of the pump */
+  const ec_manager *managers[EC_MAX_MANAGERS]; /* registered, in order */
+  size_t nmanagers;
   size_t max_send; /* the channels' send limit, bytes */
 };
 

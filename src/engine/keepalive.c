@@ -264,6 +264,10 @@ static void ka_tick(ec_client *c) {
   if (dead) ec_stream_release(dead);
 }
 
+static void ka_close_all_locked(ec_client *c);
+static void ka_free(ec_client *c);
+static const ec_manager KA_MANAGER = {ka_tick, ka_close_all_locked, ka_free};
+
 /* ---- API -------------------------------------------------------------- */
 
 ec_lease *ec_keepalive_start(ec_client *c, int64_t id, int64_t first_timeout_ms,
@@ -281,6 +285,7 @@ ec_lease *ec_keepalive_start(ec_client *c, int64_t id, int64_t first_timeout_ms,
   l->id = id;
   l->latest.id = id;
   pthread_mutex_lock(&c->mu);
+  ec_manager_register_locked(c, &KA_MANAGER);
   c->ka.reopen.fire = reopen_due;
   if (c->closed || hash_insert(&c->ka, l) != 0) {
     int closed = c->closed;
@@ -374,7 +379,6 @@ static void ka_free(ec_client *c) {
   }
 }
 
-const ec_manager ec_keepalive_manager = {ka_tick, ka_close_all_locked, ka_free};
 
 uint64_t ec_keepalive_token(const ec_lease *l) { return l->ready.token; }
 

@@ -519,7 +519,7 @@ static void wm_free(ec_client *c) {
   }
 }
 
-const ec_manager ec_watch_manager = {wm_tick, wm_close_all_locked, wm_free};
+static const ec_manager WATCH_MANAGER = {wm_tick, wm_close_all_locked, wm_free};
 
 /* ---- API (Lua's thread) ----------------------------------------------- */
 
@@ -551,6 +551,7 @@ ec_watch *ec_watch_start(ec_client *c, const void *create, size_t len,
     w_unref_n(w, 1);
     return NULL;
   }
+  ec_manager_register_locked(c, &WATCH_MANAGER);
   /* A stream we cancelled because no watch needed it (its end may not be in
    * yet) is replaced now: a create sent on it would be lost with it. */
   ec_stream *dead = NULL;
