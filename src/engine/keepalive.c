@@ -40,6 +40,17 @@ static gpr_timespec tmin(gpr_timespec a, gpr_timespec b) {
   return gpr_time_cmp(a, b) < 0 ? a : b;
 }
 
+/* Renewals are due on a 100 ms grid (rounded up), so the leases due about
+ * the same time are renewed in one pump wake-up, as Go's client renews in
+ * one pass every 500 ms; TTL/3 leaves far more margin than that. */
+#define GRID_MS 100
+static gpr_timespec on_grid(gpr_timespec t) {
+  int64_t ns = (int64_t)t.tv_nsec, step = (int64_t)GRID_MS * 1000000;
+  int64_t up = (ns + step - 1) / step * step;
+  t.tv_nsec = 0;
+  return gpr_time_add(t, gpr_time_from_nanos(up, GPR_TIMESPAN));
+}
+
 /* Drop n references at once (the caller's, and the manager's when it held one). */
 static void lease_unref_n(ec_lease *l, int n) {
   if (atomic_fetch_sub(&l->refs, n) != n) return;
@@ -165,7 +176,7 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
       l->latest.raft_term = r->header->raft_term;
     }
     l->expires = ec_after_ms(now, r->ttl * 1000);
-    l->next_send = ec_after_ms(now, r->ttl * 1000 / 3);
+    l->next_send = on_grid(ec_after_ms(now, r->ttl * 1000 / 3));
     reschedule(c, l);
     ec_ready_locked(c, &l->ready);
   }
@@ -191,7 +202,7 @@ static void send_locked(ec_client *c, ec_lease *l, gpr_timespec now) {
   size_t n = etcdserverpb__lease_keep_alive_request__pack(&req, buf);
   if (c->ka.stream && !c->ka.stream_ended)
     ec_stream_write_locked(c->ka.stream, buf, n);
-  l->next_send = ec_after_ms(now, RETRY_MS);
+  l->next_send = on_grid(ec_after_ms(now, RETRY_MS));
   reschedule(c, l);
 }
 
