@@ -230,7 +230,7 @@ end
 -- deadline `dl`; the new token goes on every later call and on the streams
 -- the engine opens. Callers go through rpc.relogin (one login at a time).
 function Client:_authenticate(dl)
-  local res, msg, code = self._login(dl or wait.now() + self._timeout)
+  local res, msg, code = self._login(dl)
   if not res and msg and msg:find("authentication is not enabled", 1, true) then
     -- auth is off (or was turned off): go on without a token, as Go does
     res = { token = nil }

@@ -32,10 +32,7 @@ function KeepAlive:next(timeout)
 end
 
 function KeepAlive:_next(timeout, what, level)
-  wait.enter(self, what, level + 1)
-  local ok, r, msg = pcall(wait.loop, self._cli._core, self._tok, wait.deadline(timeout), self._look, what)
-  wait.leave(self)
-  if not ok then error(r, 0) end
+  local r, msg = wait.loop_alone(self, wait.deadline(timeout), what, level + 1)
   if r == wait.TIMEOUT then return nil, "etcd: no keep-alive answer before the deadline", "timeout" end
   if r then return r end
   return nil, msg, self._code

@@ -80,8 +80,7 @@ function driver.park(rec, cc, dl)
     timer:start(ms, 0, function()
       if task.rec == rec then
         task.rec = nil
-        if rec.tok and wait._waiters[rec.tok] == rec then wait._waiters[rec.tok] = nil end
-        sched.resume(task, "timeout")
+        sched.resume(task, "timeout") -- wait.park unregisters its token
       end
     end)
   end

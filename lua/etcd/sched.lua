@@ -189,6 +189,30 @@ function Task:status()
   return self.state
 end
 
+-- Wait until one of the tasks `ts` has ended and return its position: yield
+-- inside a scheduled coroutine, run the tasks' loop outside one. `what`
+-- names the caller in misuse errors (raised at the caller's caller).
+local function await(ts, what)
+  local function ended()
+    for i, t in ipairs(ts) do
+      if t.state ~= "running" then return i end
+    end
+  end
+  local evs = {}
+  for i, t in ipairs(ts) do evs[i] = t.ev end
+  while not ended() do
+    if wait.driver() ~= wait.blocking then
+      wait.any(evs, nil)
+    elseif S.current then
+      error(("%s: called from a plain coroutine inside a spawned one; call it from the spawned coroutine itself")
+        :format(what), 3)
+    else
+      ts[1].driver.drive()
+    end
+  end
+  return ended()
+end
+
 --- h:join() -> true, results... | false, err (with the coroutine's traceback).
 -- Inside a spawned coroutine it waits (yields) until h ends; outside one it
 -- runs the scheduler until h ends.
@@ -196,13 +220,7 @@ function Task:join()
   if getmetatable(self) ~= Task then error("join: bad self (etcd task expected)", 2) end
   if self.state == "running" then
     if coroutine.running() == self.co then error("join: a coroutine cannot join itself", 2) end
-    if wait.driver() ~= wait.blocking then
-      self.ev:wait(nil)
-    elseif S.current then
-      error("join: called from a plain coroutine inside a spawned one; join from the spawned coroutine itself", 2)
-    else
-      while self.state == "running" do self.driver.drive() end
-    end
+    await({ self }, "join")
   end
   self.joined = true
   if self.state == "failed" then return false, self.err end
@@ -222,10 +240,8 @@ local function fire_timers()
     local e = heap_pop(h)
     local task = e[2]
     if task.seq == e[3] and task.rec then
-      local rec = task.rec
       task.rec = nil
-      if rec.tok and wait._waiters[rec.tok] == rec then wait._waiters[rec.tok] = nil end
-      enqueue(task, "timeout")
+      enqueue(task, "timeout") -- wait.park unregisters its token once resumed
     end
   end
 end
@@ -329,32 +345,7 @@ function M.first(...)
       error(("etcd.first: bad argument #%d (task handle expected, got %s)"):format(i, type(hs[i])), 2)
     end
   end
-  local function ended()
-    for i = 1, hs.n do
-      if hs[i].state ~= "running" then return i end
-    end
-  end
-  local i = ended()
-  while not i do
-    local d = wait.driver()
-    if d ~= wait.blocking then
-      local rec = { co = coroutine.running(), wake = function() end }
-      for k = 1, hs.n do table.insert(hs[k].ev.recs, rec) end
-      local ok, err = pcall(d.park, rec, nil, nil)
-      for k = 1, hs.n do
-        local recs = hs[k].ev.recs
-        for j = #recs, 1, -1 do
-          if recs[j] == rec then table.remove(recs, j) end
-        end
-      end
-      if not ok then error(err, 0) end
-    elseif S.current then
-      error("etcd.first: called from a plain coroutine inside a spawned one", 2)
-    else
-      hs[1].driver.drive()
-    end
-    i = ended()
-  end
+  local i = await(hs, "etcd.first")
   return i, hs[i]:join()
 end
 

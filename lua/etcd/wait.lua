@@ -107,11 +107,6 @@ function M.driver()
   return blocking
 end
 
---- True when the running coroutine waits by yielding (a scheduler drives it).
-function M.yields()
-  return M.driver() ~= blocking
-end
-
 -- ---------------------------------------------------------------------------
 -- waiting
 
@@ -137,23 +132,6 @@ function M.park(cc, tok, dl, what)
   return why
 end
 
---- Mark the running coroutine as the one waiting on `obj` (a watch, a
--- keep-alive): a second coroutine waiting on it at the same time is misuse,
--- raised at `level`. Returns the previous waiter, for `M.leave`.
-function M.enter(obj, what, level)
-  local co = coroutine.running()
-  local w = obj._waiter
-  if w and w ~= co and coroutine.status(w) ~= "dead" then
-    error(("%s: another coroutine is already waiting on this %s (one waiter at a time)"):format(what, obj._kind),
-      level + 1)
-  end
-  obj._waiter = co
-end
-
-function M.leave(obj)
-  obj._waiter = nil
-end
-
 --- Look at an object until it has something to say: `step()` returns false
 -- for "nothing yet", anything else is returned as it is. Between looks, park
 -- on `tok` of client `cc` until the absolute deadline `dl` (nil: none).
@@ -166,6 +144,23 @@ function M.loop(cc, tok, dl, step, what)
     if dl and now() >= dl then return M.TIMEOUT end
     M.park(cc, tok, dl, what)
   end
+end
+
+--- wait.loop for a watch or a keep-alive `obj` (its client obj._cli, token
+-- obj._tok, step obj._look), by one coroutine at a time: a second coroutine
+-- waiting on it meanwhile is misuse, raised at `level` (1: the caller).
+function M.loop_alone(obj, dl, what, level)
+  local co = coroutine.running()
+  local w = obj._waiter
+  if w and w ~= co and coroutine.status(w) ~= "dead" then
+    error(("%s: another coroutine is already waiting on this %s (one waiter at a time)"):format(what, obj._kind),
+      level + 1)
+  end
+  obj._waiter = co
+  local ok, a, b, c = pcall(M.loop, obj._cli._core, obj._tok, dl, obj._look, what)
+  obj._waiter = nil
+  if not ok then error(a, 0) end
+  return a, b, c
 end
 
 --- An absolute deadline `seconds` from now (nil stays nil: no limit).
@@ -192,21 +187,35 @@ function Event:signal()
   for _, rec in ipairs(recs) do rec:wake("ready") end
 end
 
---- Wait until signalled or `dl` passes. Returns true (signalled) or false.
-function Event:wait(dl)
-  while not self.fired do
+--- Wait until one of `events` is signalled or `dl` passes: true or false.
+-- One waiter record is parked on all of them; the first signal wakes it (the
+-- drivers ignore a record woken twice).
+function M.any(events, dl)
+  local function fired()
+    for _, e in ipairs(events) do
+      if e.fired then return true end
+    end
+    return false
+  end
+  while not fired() do
     if dl and now() >= dl then return false end
-    local d = M.driver()
     local rec = { co = coroutine.running(), wake = noop }
-    local recs = self.recs
-    recs[#recs + 1] = rec
-    local ok, why = pcall(d.park, rec, nil, dl)
-    for i = #recs, 1, -1 do
-      if recs[i] == rec then table.remove(recs, i) end
+    for _, e in ipairs(events) do table.insert(e.recs, rec) end
+    local ok, why = pcall(M.driver().park, rec, nil, dl)
+    for _, e in ipairs(events) do
+      local recs = e.recs
+      for i = #recs, 1, -1 do
+        if recs[i] == rec then table.remove(recs, i) end
+      end
     end
     if not ok then error(why, 0) end
   end
   return true
+end
+
+--- Wait until signalled or `dl` passes. Returns true (signalled) or false.
+function Event:wait(dl)
+  return M.any({ self }, dl)
 end
 
 return M

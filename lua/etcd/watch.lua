@@ -78,10 +78,7 @@ end
 -- `level`: where misuse (a second waiting coroutine) is raised.
 function Watch:_next(timeout, what, level)
   if self._err then return nil, self._err[1], self._err[2] end
-  wait.enter(self, what, level + 1)
-  local ok, a, b, c = pcall(wait.loop, self._cli._core, self._tok, wait.deadline(timeout), self._look, what)
-  wait.leave(self)
-  if not ok then error(a, 0) end
+  local a, b, c = wait.loop_alone(self, wait.deadline(timeout), what, level + 1)
   if a == wait.TIMEOUT then return nil, "etcd: no watch response before the deadline", "timeout" end
   return a, b, c
 end

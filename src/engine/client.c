@@ -274,16 +274,6 @@ void ec_manager_register_locked(ec_client *c, const ec_manager *m) {
   if (c->nmanagers < EC_MAX_MANAGERS) c->managers[c->nmanagers++] = m;
 }
 
-/* The registered managers, as the pump (the only writer besides the Lua
- * thread under c->mu) sees them: read under the mutex. */
-static size_t managers_of(ec_client *c, const ec_manager **out) {
-  pthread_mutex_lock(&c->mu);
-  size_t n = c->nmanagers;
-  for (size_t i = 0; i < n; i++) out[i] = c->managers[i];
-  pthread_mutex_unlock(&c->mu);
-  return n;
-}
-
 static void *pump_main(void *arg) {
   ec_client *c = arg;
   /* named, so tools (and the specs) can tell our threads from gRPC's */
@@ -300,6 +290,9 @@ static void *pump_main(void *arg) {
       ec_tag *t = ev.tag;
       t->done(t, ev.success);
     }
+    /* What is due, then each manager's tick (managers register from the Lua
+     * thread: the list is copied under the same lock). */
+    const ec_manager *ms[EC_MAX_MANAGERS];
     pthread_mutex_lock(&c->mu);
     if (!c->closed) {
       gpr_timespec now = ec_now();
@@ -309,9 +302,9 @@ static void *pump_main(void *arg) {
         t->fire(c, t);
       }
     }
+    size_t nm = c->nmanagers;
+    for (size_t i = 0; i < nm; i++) ms[i] = c->managers[i];
     pthread_mutex_unlock(&c->mu);
-    const ec_manager *ms[EC_MAX_MANAGERS];
-    size_t nm = managers_of(c, ms);
     for (size_t i = 0; i < nm; i++) ms[i]->tick(c);
   }
   return NULL;
