@@ -24,11 +24,44 @@ M.now = now
 --- Returned by `wait.loop` when the deadline passed.
 M.TIMEOUT = setmetatable({}, { __tostring = function() return "etcd.wait.TIMEOUT" end })
 
--- token -> the record of the one waiter parked on it. A record is a table
--- { tok =, cc =, wake = function(rec, why) } made by `wait.loop`; its driver
--- sets `wake`.
+-- token -> the record of the waiter parked on it, or a list of records when
+-- several wait on one token (a session's keep-alive, waited on by each of its
+-- mutexes and elections). A record is a table { cc =, co =, wake =
+-- function(rec, why) } made by `wait.park`; its driver sets `wake`. A list
+-- has no `wake`. One record may be parked on several tokens (wait.loop with a
+-- list of tokens); the drivers ignore a record woken twice.
 local waiters = {}
 M._waiters = waiters
+
+local function add_waiter(tok, rec)
+  local cur = waiters[tok]
+  if cur == nil then
+    waiters[tok] = rec
+  elseif cur.wake then
+    -- (a coroutine abandoned while parked, e.g. never resumed, is no waiter)
+    if coroutine.status(cur.co) == "dead" then waiters[tok] = rec else waiters[tok] = { cur, rec } end
+  else
+    cur[#cur + 1] = rec
+  end
+end
+
+local function del_waiter(tok, rec)
+  local cur = waiters[tok]
+  if cur == rec then
+    waiters[tok] = nil
+  elseif cur and not cur.wake then
+    for i = #cur, 1, -1 do
+      if cur[i] == rec then table.remove(cur, i) end
+    end
+    if cur[1] == nil then waiters[tok] = nil end
+  end
+end
+
+-- Wake the waiter (or the list of waiters) taken off a token.
+local function wake(entry)
+  if entry.wake then return entry:wake("ready") end
+  for i = 1, #entry do entry[i]:wake("ready") end
+end
 
 -- Drivers by coroutine (weak keys): etcd.spawn and etcd.luv.spawn register
 -- theirs. cqueues is recognised by asking it.
@@ -40,13 +73,13 @@ M.owner = owner
 
 local function wake_all_of(cc)
   local list = {}
-  for tok, rec in pairs(waiters) do
-    if rec.cc == cc then list[#list + 1] = tok end
+  for tok, entry in pairs(waiters) do
+    if (entry.cc or entry[1].cc) == cc then list[#list + 1] = tok end
   end
   for _, tok in ipairs(list) do
-    local rec = waiters[tok]
+    local entry = waiters[tok]
     waiters[tok] = nil
-    rec:wake("ready")
+    wake(entry)
   end
 end
 
@@ -61,10 +94,10 @@ function M.dispatch(cc)
     if tok == 0 then
       wake_all_of(cc)
     else
-      local rec = waiters[tok]
-      if rec then
+      local entry = waiters[tok]
+      if entry then
         waiters[tok] = nil
-        rec:wake("ready")
+        wake(entry)
       end
     end
   end
@@ -110,24 +143,29 @@ end
 -- ---------------------------------------------------------------------------
 -- waiting
 
---- Park once: until `tok` (a token of client `cc`) is reaped, or `dl`
--- (absolute, wait.now() seconds; nil: none) passes. Returns "ready" or
--- "timeout"; either way the caller looks at its object again.
-function M.park(cc, tok, dl, what)
+--- Park once: until `tok` (a token of client `cc`, or a list of tokens of
+-- it) is reaped, or `dl` (absolute, wait.now() seconds; nil: none) passes.
+-- Returns "ready" or "timeout"; either way the caller looks again. Several
+-- coroutines may park on one token: each is woken.
+function M.park(cc, tok, dl)
   local d = M.driver()
-  local co = coroutine.running()
-  local rec = { tok = tok, cc = cc, co = co, wake = noop }
-  if tok == 0 then tok = nil end -- a released object: nothing will list it
-  if tok then
-    local other = waiters[tok]
-    -- (a coroutine abandoned while parked, e.g. never resumed, is no waiter)
-    if other and other.co ~= co and coroutine.status(other.co) ~= "dead" then
-      error(("%s: another coroutine is already waiting on this object"):format(what or "etcd"), 3)
+  local rec = { cc = cc, co = coroutine.running(), wake = noop }
+  local many = type(tok) == "table"
+  if many then
+    for i = 1, #tok do
+      if tok[i] ~= 0 then add_waiter(tok[i], rec) end
     end
-    waiters[tok] = rec
+  elseif tok == 0 then
+    tok = nil -- a released object: nothing will list it
+  else
+    add_waiter(tok, rec)
   end
   local ok, why = pcall(d.park, rec, cc, dl)
-  if tok and waiters[tok] == rec then waiters[tok] = nil end
+  if many then
+    for i = 1, #tok do del_waiter(tok[i], rec) end
+  elseif tok then
+    del_waiter(tok, rec)
+  end
   if not ok then error(why, 0) end
   return why
 end
@@ -136,13 +174,12 @@ end
 -- for "nothing yet", anything else is returned as it is. Between looks, park
 -- on `tok` of client `cc` until the absolute deadline `dl` (nil: none).
 -- Returns step's values, or wait.TIMEOUT once `dl` passed with nothing.
--- `what` names the method in misuse errors (two waiters on one object).
-function M.loop(cc, tok, dl, step, what)
+function M.loop(cc, tok, dl, step)
   while true do
     local a, b, c, d = step()
     if a ~= false then return a, b, c, d end
     if dl and now() >= dl then return M.TIMEOUT end
-    M.park(cc, tok, dl, what)
+    M.park(cc, tok, dl)
   end
 end
 
@@ -157,7 +194,7 @@ function M.loop_alone(obj, dl, what, level)
       level + 1)
   end
   obj._waiter = co
-  local ok, a, b, c = pcall(M.loop, obj._cli._core, obj._tok, dl, obj._look, what)
+  local ok, a, b, c = pcall(M.loop, obj._cli._core, obj._tok, dl, obj._look)
   obj._waiter = nil
   if not ok then error(a, 0) end
   return a, b, c

@@ -169,7 +169,7 @@ function M.install(Client)
       self:_check_auth()
       return h:created() ~= false
     end
-    if wait.loop(self._core, w._tok, wait.deadline(limit), created, "watch") == wait.TIMEOUT then
+    if wait.loop(self._core, w._tok, wait.deadline(limit), created) == wait.TIMEOUT then
       h:close()
       if self._core:_closed() then return nil, "etcd: client is closed", "closed" end
       return nil, ("etcd: watch not created within %gs"):format(limit), "timeout"
