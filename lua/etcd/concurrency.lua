@@ -33,6 +33,15 @@ function M.key_of(pfx, id)
   return ("%s%x"):format(pfx, id)
 end
 
+--- Check argument #n of a module function: an object of class `mt`.
+function M._check_obj(v, mt, n, name, fname)
+  if getmetatable(v) ~= mt or (mt.__valid and not mt.__valid(v)) then
+    local t = type(v) == "table" and getmetatable(v) and getmetatable(v).__name or type(v)
+    error(("%s: bad argument #%d (%s): %s expected, got %s"):format(fname, n, name, mt.__name, t), 3)
+  end
+end
+local check_obj = M._check_obj
+
 --- The per-call timeout left before the absolute deadline `dl` (nil: the
 -- client's own), or nil when `dl` has passed.
 local function left(cli, dl)
@@ -42,6 +51,13 @@ local function left(cli, dl)
   return t < cli._timeout and t or cli._timeout
 end
 M._left = left
+
+--- The timeout of the first request of an operation: that request is sent
+-- even when `dl` has passed (a timeout of 0 means "one attempt, no wait").
+local function first(cli, dl)
+  return left(cli, dl) or cli._timeout
+end
+M._first = first
 
 local function expired(what, timeout)
   return nil, ("etcd: %s did not finish within %gs"):format(what, timeout), "timeout"
@@ -64,7 +80,10 @@ end
 function M._wait_event(cli, key, prefix, rev, types, dl, alive, extra, holder)
   local w, msg, code = cli:watch(key, { prefix = prefix, start_revision = rev })
   if not w then return nil, msg, code end
-  if holder then holder._wait = w end
+  if holder then
+    holder._wait = w
+    if holder._closed then w:close() end -- closed while the watch was being made
+  end
   local evs, i = {}, 0
   local function step()
     if alive then
@@ -114,12 +133,12 @@ local SESSION_OPTS = { ttl = "integer", lease = "integer", timeout = "seconds" }
 -- session | nil, msg, code. Grants a lease of `ttl` seconds (or takes lease
 -- `id`) and keeps it alive in the client's pump thread until s:close().
 function M.new_session(cli, opts)
-  check.self(cli, etcd.Client, "concurrency.new_session", 2)
+  check_obj(cli, etcd.Client, 1, "cli", "concurrency.new_session")
   local o = check.options(opts, SESSION_OPTS, "concurrency.new_session", 2)
   local ttl = o.ttl or 60
   if ttl <= 0 then ttl = 60 end -- Go's WithTTL ignores a TTL <= 0
   local id = o.lease
-  if not id then
+  if not id or id == 0 then -- 0 is Go's NoLease: grant one
     local res, msg, code = cli:grant(ttl, { timeout = o.timeout })
     if not res then return nil, msg, code end
     id = res.id
@@ -154,15 +173,18 @@ end
 
 --- s:close() -> true | nil, msg, code: stop renewing and revoke the lease, so
 -- every key of the session (its locks, its candidacies) is deleted at once.
--- Idempotent (a second close returns true). Also __close.
+-- Idempotent (a close after a successful one returns true; one that failed
+-- can be tried again). Also __close: inside a spawned coroutine that fails,
+-- the scheduler closes it, so its `<close>` sessions are revoked too.
 function Session:close()
   check.self(self, Session, "s:close", 2)
-  if self._ended == "closed" then return true end
-  self._ended = "closed"
+  if self._revoked then return true end
+  self._ended = self._ended or "closed"
   self._ka:close()
   -- like Go: if the revoke takes longer than the TTL, the lease has expired anyway
   local res, msg, code = self._cli:revoke(self._id, { timeout = self._ttl })
   if not res and code ~= "lease_not_found" then return nil, msg, code end
+  self._revoked = true
   return true
 end
 -- A finalizer must not wait for etcd (it may run inside another call's
@@ -239,20 +261,18 @@ function Mutex.__valid(m) return getmetatable(rawget(m, "_s")) == Session end
 -- pfx .. "/" .. hex lease id, as in Go (so two mutexes on one session and
 -- prefix share one key and do not exclude each other).
 function M.new_mutex(s, pfx)
-  check.self(s, Session, "concurrency.new_mutex", 2)
+  check_obj(s, Session, 1, "s", "concurrency.new_mutex")
   check.arg(pfx, "string", 2, "pfx", "concurrency.new_mutex", 2)
   return setmetatable({ _s = s, _pfx = pfx .. "/", _key = nil, _rev = -1, _hdr = nil }, Mutex)
 end
 
 -- Put our key if it is not there, and read the owner, in one txn (Go's
 -- tryAcquire). Returns the txn response and whether we own the lock.
-local function try_acquire(m, dl, timeout, what)
+local function try_acquire(m, dl)
   local s = m._s
   local cli = s._cli
   local ok, msg, code = s:_alive()
   if not ok then return nil, msg, code end
-  local t = left(cli, dl)
-  if not t then return expired(what, timeout) end
   local key = M.key_of(m._pfx, s._id)
   local owner = first_create(m._pfx)
   local res
@@ -260,8 +280,14 @@ local function try_acquire(m, dl, timeout, what)
     compare = { cmp.create_revision(key, "=", 0) },
     success = { op.put(key, "", { lease = s._id }), owner },
     failure = { op.get(key), owner },
-  }, { timeout = t })
-  if not res then return nil, session_code(msg, code) end
+  }, { timeout = first(cli, dl) })
+  if not res then
+    msg, code = session_code(msg, code)
+    -- a txn that failed (a timeout, a lost connection) may still have been
+    -- applied: do not leave a key behind that would block everyone
+    if code ~= "session_lost" and not m._key then cli:delete(key) end
+    return nil, msg, code
+  end
   m._key = key
   m._rev = res.header.revision
   if not res.succeeded then m._rev = res.responses[1].kvs[1].create_revision end
@@ -284,8 +310,17 @@ end
 function Mutex:lock(timeout)
   check.self(self, Mutex, "m:lock", 2)
   if timeout ~= nil then timeout = check.arg(timeout, "seconds", 1, "timeout", "m:lock", 2) end
+  if self._busy then check.fail("m:lock: another coroutine is already locking this mutex", 2) end
+  self._busy = true
+  local ok, a, b, c = pcall(self._lock, self, timeout)
+  self._busy = false
+  if not ok then error(a, 0) end
+  return a, b, c
+end
+
+function Mutex:_lock(timeout)
   local dl = wait.deadline(timeout)
-  local res, mine, code = try_acquire(self, dl, timeout, "m:lock")
+  local res, mine, code = try_acquire(self, dl)
   if not res then return nil, mine, code end
   if mine then
     self._hdr = res.header
@@ -299,13 +334,8 @@ function Mutex:lock(timeout)
     return nil, msg, code
   end
   -- as etcd 3.5 does: make sure our key (and so the session) is still there
-  local t = left(s._cli, dl)
-  if not t then
-    release(self)
-    return expired("m:lock", timeout)
-  end
   local g
-  g, msg, code = s._cli:get(self._key, { timeout = t })
+  g, msg, code = s._cli:get(self._key, { timeout = first(s._cli, dl) })
   if not g then
     release(self)
     return nil, msg, code
@@ -323,7 +353,7 @@ end
 function Mutex:try_lock(opts)
   check.self(self, Mutex, "m:try_lock", 2)
   local o = check.options(opts, { timeout = "seconds" }, "m:try_lock", 2)
-  local res, mine, code = try_acquire(self, wait.deadline(o.timeout), o.timeout, "m:try_lock")
+  local res, mine, code = try_acquire(self, wait.deadline(o.timeout))
   if not res then return nil, mine, code end
   if mine then
     self._hdr = res.header
@@ -391,7 +421,7 @@ function Election.__valid(e) return getmetatable(rawget(e, "_s")) == Session end
 --- concurrency.new_election(s, pfx): candidates put pfx .. "/" .. hex lease
 -- id; the key created first leads.
 function M.new_election(s, pfx)
-  check.self(s, Session, "concurrency.new_election", 2)
+  check_obj(s, Session, 1, "s", "concurrency.new_election")
   check.arg(pfx, "string", 2, "pfx", "concurrency.new_election", 2)
   return setmetatable({ _s = s, _pfx = pfx .. "/", _key = nil, _rev = -1, _leader = false }, Election)
 end
@@ -402,7 +432,7 @@ end
 -- (Go keeps `pfx` without the "/" there, so its Leader and Observe look
 -- under a wider prefix; ours adds the "/" as everywhere else.)
 function M.resume_election(s, pfx, leader_key, leader_rev)
-  check.self(s, Session, "concurrency.resume_election", 2)
+  check_obj(s, Session, 1, "s", "concurrency.resume_election")
   check.arg(pfx, "string", 2, "pfx", "concurrency.resume_election", 2)
   check.arg(leader_key, "string", 3, "leader_key", "concurrency.resume_election", 2)
   leader_rev = check.arg(leader_rev, "integer", 4, "leader_rev", "concurrency.resume_election", 2)
@@ -424,16 +454,19 @@ function Election:campaign(value, timeout)
   local cli = s._cli
   local ok, msg, code = s:_alive()
   if not ok then return nil, msg, code end
-  local t = left(cli, dl)
-  if not t then return expired("e:campaign", timeout) end
   local key = M.key_of(self._pfx, s._id)
   local res
   res, msg, code = cli:txn({
     compare = { cmp.create_revision(key, "=", 0) },
     success = { op.put(key, value, { lease = s._id }) },
     failure = { op.get(key) },
-  }, { timeout = t })
-  if not res then return nil, session_code(msg, code) end
+  }, { timeout = first(cli, dl) })
+  if not res then
+    msg, code = session_code(msg, code)
+    -- the txn may have been applied: withdraw a candidacy we may have put
+    if code ~= "session_lost" and not self._leader then cli:delete(key) end
+    return nil, msg, code
+  end
   self._key, self._rev, self._leader = key, res.header.revision, true
   if not res.succeeded then
     local kv = res.responses[1].kvs[1]
@@ -453,12 +486,10 @@ function Election:campaign(value, timeout)
     return nil, msg, code
   end
   -- never a false success: our candidacy must still be there
-  t = left(cli, dl)
   local g
-  if t then g, msg, code = cli:get(key, { timeout = t }) end
+  g, msg, code = cli:get(key, { timeout = first(cli, dl) })
   if not g then
     self:resign()
-    if not t then return expired("e:campaign", timeout) end
     return nil, msg, code
   end
   if #g.kvs == 0 or g.kvs[1].create_revision ~= self._rev then
@@ -499,9 +530,9 @@ function Election:resign(opts)
     compare = { cmp.create_revision(self._key, "=", self._rev) },
     success = { op.delete(self._key) },
   }, { timeout = o.timeout })
-  if res then self._hdr = res.header end
+  if not res then return nil, msg, code end -- still leader: it can be tried again
+  self._hdr = res.header
   self._key, self._leader = nil, false
-  if not res then return nil, msg, code end
   return true
 end
 
@@ -591,6 +622,19 @@ end
 function Observer:next(timeout)
   check.self(self, Observer, "obs:next", 2)
   if timeout ~= nil then timeout = check.arg(timeout, "seconds", 1, "timeout", "obs:next", 2) end
+  local co = coroutine.running()
+  local w = self._waiter
+  if w and w ~= co and coroutine.status(w) ~= "dead" then
+    check.fail("obs:next: another coroutine is already waiting on this observer (one waiter at a time)", 2)
+  end
+  self._waiter = co
+  local ok, a, b, c = pcall(self._next, self, timeout)
+  self._waiter = nil
+  if not ok then error(a, 0) end
+  return a, b, c
+end
+
+function Observer:_next(timeout)
   local dl = wait.deadline(timeout)
   while true do
     if self._closed then return nil, "etcd: observer is closed", "closed" end
@@ -694,7 +738,7 @@ function STM:get(...)
   end
   if not self._snap then return value_of(fetch(self, keys)) end
   -- serializable levels: reads come from the revision of the first read
-  local first = next(self._rset) == nil
+  local first_read = next(self._rset) == nil
   for _, k in ipairs(keys) do
     local r = self._prefetch[k]
     if r then
@@ -703,7 +747,7 @@ function STM:get(...)
     end
   end
   local resp = fetch(self, keys)
-  if first then self._get_opts = { revision = resp.header.revision, serializable = true } end
+  if first_read then self._get_opts = { revision = resp.header.revision, serializable = true } end
   return value_of(resp)
 end
 
@@ -747,11 +791,11 @@ local function conflicts(self)
   if iso == "read_committed" then return {} end
   local out = read_cmps(self._rset, {})
   if iso == "serializable_snapshot" then
-    local first = math.maxinteger - 1
+    local base = math.maxinteger - 1
     for _, r in pairs(self._rset) do
-      if r.header.revision < first then first = r.header.revision end
+      if r.header.revision < base then base = r.header.revision end
     end
-    for k in pairs(self._wset) do out[#out + 1] = cmp.mod_revision(k, "<", first + 1) end
+    for k in pairs(self._wset) do out[#out + 1] = cmp.mod_revision(k, "<", base + 1) end
   end
   return out
 end
@@ -793,9 +837,9 @@ local STM_OPTS = { isolation = "string", prefetch = "table", timeout = "seconds"
 -- "repeatable_reads", "read_committed"), prefetch (keys read in the first
 -- txn), timeout (of each request).
 function M.new_stm(cli, fn, opts)
-  check.self(cli, etcd.Client, "concurrency.new_stm", 2)
+  check_obj(cli, etcd.Client, 1, "cli", "concurrency.new_stm")
   if type(fn) ~= "function" then
-    check.fail(("concurrency.new_stm: bad argument #2 (fn: function expected, got %s)"):format(type(fn)), 2)
+    check.fail(("concurrency.new_stm: bad argument #2 (fn): function expected, got %s"):format(type(fn)), 2)
   end
   local o = check.options(opts, STM_OPTS, "concurrency.new_stm", 2)
   local iso = o.isolation or "serializable_snapshot"

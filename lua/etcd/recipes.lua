@@ -21,14 +21,17 @@ local M = {}
 local now = wait.now
 local cmp, op = etcd.compare, etcd.op
 local Session = concurrency.Session
-local left, wait_event = concurrency._left, concurrency._wait_event
+local left, first, wait_event, check_obj = concurrency._left, concurrency._first, concurrency._wait_event,
+  concurrency._check_obj
 
 local function expired(what, timeout)
   return nil, ("etcd: %s did not finish within %gs"):format(what, timeout), "timeout"
 end
 
 local function check_timeout(timeout, n, what)
-  if timeout ~= nil then return check.arg(timeout, "seconds", n, "timeout", what, 3) end
+  if timeout == nil then return nil end
+  local t = check.arg(timeout, "seconds", n, "timeout", what, 3)
+  return t -- not a tail call: `level` counts this frame
 end
 
 -- Go's withTop(target, order): the first key of a prefix by one sort order.
@@ -42,12 +45,10 @@ end
 -- Put `key` only if it does not exist: its revision, or nil, msg, code
 -- ("exists" when it does).
 local function put_new(cli, key, val, lease, dl)
-  local t = left(cli, dl)
-  if not t then return nil, "etcd: deadline passed", "timeout" end
   local res, msg, code = cli:txn({
     compare = { cmp.version(key, "=", 0) },
     success = { op.put(key, val, { lease = lease or 0 }) },
-  }, { timeout = t })
+  }, { timeout = first(cli, dl) })
   if not res then return nil, msg, code end
   if not res.succeeded then return nil, "etcd: key already exists", "exists" end
   return res.header.revision
@@ -86,7 +87,7 @@ local function new_sequential(cli, prefix, val, dl)
     if #res.kvs > 0 then
       local last = res.kvs[1].key:match("([^/]*)$")
       n = tonumber(last:match("^%d+"))
-      if not n then return nil, ("etcd: key %q does not end in a number"):format(res.kvs[1].key), "INVALID_ARGUMENT" end
+      if not n then return nil, ("etcd: key %q does not end in a number"):format(res.kvs[1].key), "UNKNOWN" end
       n = math.tointeger(n) + 1
     end
     local key = ("%s/%016d"):format(prefix, n)
@@ -122,7 +123,7 @@ function Barrier.__valid(b) return getmetatable(rawget(b, "_cli")) == etcd.Clien
 
 --- recipes.new_barrier(cli, key): processes wait at the barrier while `key` exists.
 function M.new_barrier(cli, key)
-  check.self(cli, etcd.Client, "recipes.new_barrier", 2)
+  check_obj(cli, etcd.Client, 1, "cli", "recipes.new_barrier")
   check.arg(key, "string", 2, "key", "recipes.new_barrier", 2)
   return setmetatable({ _cli = cli, _key = key }, Barrier)
 end
@@ -150,12 +151,13 @@ function Barrier:wait(timeout)
   local dl = wait.deadline(timeout)
   local cli = self._cli
   local o, k = top(self._key, "key", "ascend")
-  o.timeout = left(cli, dl)
+  o.timeout = first(cli, dl)
   local res, msg, code = cli:get(k, o)
   if not res then return nil, msg, code end
   if #res.kvs == 0 then return true end
-  -- Go waits for a PUT and then a DELETE from the look's revision on (the
-  -- look's own PUT is the first one seen)
+  -- the key exists at the look's revision: its deletion comes later. (Go
+  -- waits for a PUT and then a DELETE from that revision, and so misses a
+  -- release when the key was put before the look's revision.)
   local ev
   ev, msg, code = wait_event(cli, self._key, false, res.header.revision, { DELETE = true }, dl)
   if not ev then
@@ -177,7 +179,7 @@ function DoubleBarrier.__valid(b) return getmetatable(rawget(b, "_s")) == Sessio
 -- together and leave together. Keys: key/waiters/<n> (on the session's
 -- lease) and key/ready.
 function M.new_double_barrier(s, key, count)
-  check.self(s, Session, "recipes.new_double_barrier", 2)
+  check_obj(s, Session, 1, "s", "recipes.new_double_barrier")
   check.arg(key, "string", 2, "key", "recipes.new_double_barrier", 2)
   count = check.arg(count, "integer", 3, "count", "recipes.new_double_barrier", 2)
   if count < 1 then check.fail("recipes.new_double_barrier: bad argument #3 (count must be at least 1)", 2) end
@@ -194,20 +196,26 @@ function DoubleBarrier:enter(timeout)
   local key, rev, msg, code = new_unique(cli, self._key .. "/waiters", "", self._s._id, dl)
   if not key then return nil, msg, code end
   self._mine, self._rev = key, rev
+  -- a process that does not enter must not be counted by the others
+  local function withdraw(m, c)
+    cli:delete(key)
+    self._mine = nil
+    return nil, m, c
+  end
   local res
-  res, msg, code = cli:get(self._key .. "/waiters", { prefix = true, timeout = left(cli, dl) })
-  if not res then return nil, msg, code end
-  if #res.kvs > self._count then return nil, "etcd: too many clients at the double barrier", "too_many" end
+  res, msg, code = cli:get(self._key .. "/waiters", { prefix = true, timeout = first(cli, dl) })
+  if not res then return withdraw(msg, code) end
+  if #res.kvs > self._count then return withdraw("etcd: too many clients at the double barrier", "too_many") end
   if #res.kvs == self._count then
-    res, msg, code = cli:put(self._key .. "/ready", "", { timeout = left(cli, dl) })
-    if not res then return nil, msg, code end
+    res, msg, code = cli:put(self._key .. "/ready", "", { timeout = first(cli, dl) })
+    if not res then return withdraw(msg, code) end
     return true
   end
   local ev
   ev, msg, code = wait_event(cli, self._key .. "/ready", false, rev, { PUT = true }, dl)
   if not ev then
-    if code == "timeout" and dl and now() >= dl then return expired("b:enter", timeout) end
-    return nil, msg, code
+    if code == "timeout" and dl and now() >= dl then return withdraw(expired("b:enter", timeout)) end
+    return withdraw(msg, code)
   end
   return true
 end
@@ -249,8 +257,10 @@ function DoubleBarrier:leave(timeout)
       self._mine = nil
     end
     local ev
-    ev, msg, code = wait_event(cli, target.key, false, target.mod_revision, { DELETE = true }, dl)
-    if not ev then
+    -- (from the look's revision, at which the key exists: its deletion
+    -- comes later, and a compaction since it was put does not matter)
+    ev, msg, code = wait_event(cli, target.key, false, res.header.revision, { DELETE = true }, dl)
+    if not ev and code ~= "compacted" then
       if code == "timeout" and dl and now() >= dl then return expired("b:leave", timeout) end
       return nil, msg, code
     end
@@ -269,7 +279,7 @@ function RWMutex.__valid(m) return getmetatable(rawget(m, "_s")) == Session end
 -- pfx/write/<n> (on the session's lease); a reader waits for the writers
 -- ahead of it, a writer for everyone ahead of it.
 function M.new_rwmutex(s, pfx)
-  check.self(s, Session, "recipes.new_rwmutex", 2)
+  check_obj(s, Session, 1, "s", "recipes.new_rwmutex")
   check.arg(pfx, "string", 2, "pfx", "recipes.new_rwmutex", 2)
   return setmetatable({ _s = s, _cli = s._cli, _pfx = pfx .. "/" }, RWMutex)
 end
@@ -289,7 +299,10 @@ local function wait_on_last_rev(m, pfx, dl, timeout, what)
     if not res then return nil, msg, code end
     if #res.kvs == 0 then return true end
     local ev
-    ev, msg, code = wait_event(cli, res.kvs[1].key, false, m._rev, { DELETE = true }, dl, alive, s._ka._tok)
+    -- from the look's revision, at which the key exists (Go watches from
+    -- our own revision, and spins once a compaction passed it)
+    ev, msg, code = wait_event(cli, res.kvs[1].key, false, res.header.revision, { DELETE = true }, dl, alive,
+      s._ka._tok)
     if not ev and code ~= "compacted" then
       if code == "timeout" and dl and now() >= dl then return expired(what, timeout) end
       return nil, msg, code
@@ -307,12 +320,16 @@ local function rw_lock(m, kind, wait_pfx, timeout, what)
   if not key then return nil, rev, code end
   m._key, m._rev = key, rev
   ok, msg, code = wait_on_last_rev(m, wait_pfx, dl, timeout, what)
-  if not ok then
-    m._cli:delete(key)
-    m._key = nil
-    return nil, msg, code
+  if ok then
+    -- never a false success: our key (and so the session) must still be there
+    local g
+    g, msg, code = m._cli:get(key, { timeout = first(m._cli, dl) })
+    if g and #g.kvs == 1 and g.kvs[1].mod_revision == rev then return true end
+    if g then msg, code = "etcd: session lost (its lease expired or was revoked)", "session_lost" end
   end
-  return true
+  m._cli:delete(key)
+  m._key = nil
+  return nil, msg, code
 end
 
 --- m:rlock(timeout) -> true | nil, msg, code.
@@ -356,8 +373,12 @@ end
 
 -- Take the first item (by the sort in `o`) or wait for one: Go's Dequeue.
 local function dequeue(cli, pfx, o, dl, timeout, what)
+  local looked = false
   while true do
-    local t = left(cli, dl)
+    -- the first look is made even when `dl` has passed (timeout 0: take an
+    -- item if there is one, do not wait)
+    local t = looked and left(cli, dl) or first(cli, dl)
+    looked = true
     if not t then return expired(what, timeout) end
     o.timeout = t
     local res, msg, code = cli:get(pfx, o)
@@ -392,7 +413,7 @@ function Queue.__valid(q) return getmetatable(rawget(q, "_cli")) == etcd.Client 
 
 --- recipes.new_queue(cli, pfx): a FIFO queue; items are pfx/<n>.
 function M.new_queue(cli, pfx)
-  check.self(cli, etcd.Client, "recipes.new_queue", 2)
+  check_obj(cli, etcd.Client, 1, "cli", "recipes.new_queue")
   check.arg(pfx, "string", 2, "pfx", "recipes.new_queue", 2)
   return setmetatable({ _cli = cli, _pfx = pfx }, Queue)
 end
@@ -423,7 +444,7 @@ function PriorityQueue.__valid(q) return getmetatable(rawget(q, "_cli")) == etcd
 --- recipes.new_priority_queue(cli, pfx): items are pfx/<%05d priority>/<%016d n>;
 -- the lowest priority number comes out first, FIFO within one priority.
 function M.new_priority_queue(cli, pfx)
-  check.self(cli, etcd.Client, "recipes.new_priority_queue", 2)
+  check_obj(cli, etcd.Client, 1, "cli", "recipes.new_priority_queue")
   check.arg(pfx, "string", 2, "pfx", "recipes.new_priority_queue", 2)
   return setmetatable({ _cli = cli, _pfx = pfx .. "/" }, PriorityQueue)
 end

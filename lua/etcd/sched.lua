@@ -148,6 +148,10 @@ local function resume(task, ...)
   if not r[1] then
     local err = r[2]
     if type(err) == "string" then err = debug.traceback(task.co, err) end
+    -- run its pending to-be-closed variables (`local s <close> = ...`) now,
+    -- as a failed coroutine keeps them until it is closed; they cannot
+    -- yield there, so their waits block (wait.driver)
+    if coroutine.close then coroutine.close(task.co) end
     task.state, task.err = "failed", err
     local failed = task.driver.failed
     failed[#failed + 1] = task

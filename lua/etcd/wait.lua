@@ -129,7 +129,9 @@ local function noop() end
 --- The driver for the running coroutine.
 function M.driver()
   local co, main = coroutine.running()
-  if main then return blocking end
+  -- where yielding is impossible (the main thread, a __close run by
+  -- coroutine.close, a C function in between) a wait blocks
+  if main or not coroutine.isyieldable() then return blocking end
   local d = owner[co]
   if d then return d end
   local cq = package.loaded.cqueues
