@@ -150,9 +150,9 @@ function Barrier:wait(timeout)
   timeout = check_timeout(timeout, 1, "b:wait")
   local dl = wait.deadline(timeout)
   local cli = self._cli
-  local o, k = top(self._key, "key", "ascend")
-  o.timeout = first(cli, dl)
-  local res, msg, code = cli:get(k, o)
+  -- (Go looks for the first key under the key as a prefix, so a barrier
+  -- "job1" waits while "job10" is held; we look at the key itself)
+  local res, msg, code = cli:get(self._key, { timeout = first(cli, dl) })
   if not res then return nil, msg, code end
   if #res.kvs == 0 then return true end
   -- the key exists at the look's revision: its deletion comes later. (Go
@@ -214,7 +214,7 @@ function DoubleBarrier:enter(timeout)
   local ev
   ev, msg, code = wait_event(cli, self._key .. "/ready", false, rev, { PUT = true }, dl)
   if not ev then
-    if code == "timeout" and dl and now() >= dl then return withdraw(expired("b:enter", timeout)) end
+    if code == "timeout" and dl and now() >= dl then return withdraw(select(2, expired("b:enter", timeout))) end
     return withdraw(msg, code)
   end
   return true
@@ -248,7 +248,7 @@ function DoubleBarrier:leave(timeout)
     end
     -- a process that fails leaves through its lease: the lowest waits for
     -- the highest, every other one deletes itself and waits for the lowest
-    local target = lowest
+    local target, look = lowest, res.header.revision
     if lowest.key == self._mine then
       target = highest
     elseif self._mine then
@@ -259,7 +259,7 @@ function DoubleBarrier:leave(timeout)
     local ev
     -- (from the look's revision, at which the key exists: its deletion
     -- comes later, and a compaction since it was put does not matter)
-    ev, msg, code = wait_event(cli, target.key, false, res.header.revision, { DELETE = true }, dl)
+    ev, msg, code = wait_event(cli, target.key, false, look, { DELETE = true }, dl)
     if not ev and code ~= "compacted" then
       if code == "timeout" and dl and now() >= dl then return expired("b:leave", timeout) end
       return nil, msg, code
@@ -432,8 +432,12 @@ end
 function Queue:dequeue(timeout)
   check.self(self, Queue, "q:dequeue", 2)
   timeout = check_timeout(timeout, 1, "q:dequeue")
-  local o = top(self._pfx, "mod", "ascend")
-  return dequeue(self._cli, self._pfx, o, wait.deadline(timeout), timeout, "q:dequeue")
+  -- items are pfx/<n>: look under "pfx/" (Go looks under "pfx", and so also
+  -- takes the items of a queue named "pfx2")
+  local pfx = self._pfx .. "/"
+  local o = top(pfx, "mod", "ascend")
+  local v, msg, code = dequeue(self._cli, pfx, o, wait.deadline(timeout), timeout, "q:dequeue")
+  return v, msg, code
 end
 
 local PriorityQueue = { __name = "etcd.recipes.priority_queue" }
