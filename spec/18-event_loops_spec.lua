@@ -160,6 +160,27 @@ describe("luv", function()
     for i = 2, 5 do assert.is_true(revs[i] > revs[i - 1]) end
   end)
 
+  it("keeps luv's loop alive when package.loaded.luv is cleared (luv's C context outlives it)", function()
+    -- without etcd.luv pinning the module, the collector frees luv's loop
+    -- and a later require "luv" runs on the freed memory (valgrind saw it)
+    local status, out, err = helpers.run_lua([[
+      require "etcd.luv"
+      local weak = setmetatable({}, { __mode = "v" })
+      weak[1] = package.loaded.luv
+      package.loaded.luv, package.loaded["etcd.luv"] = nil, nil
+      collectgarbage()
+      collectgarbage()
+      io.write(weak[1] and "kept" or "collected", "\n")
+      local uv = require "luv"
+      local t = uv.new_timer()
+      t:start(1, 0, function() t:close() end)
+      uv.run()
+      io.write("timer ran\n")
+    ]])
+    assert.equal(0, status, err)
+    assert.equal("kept\ntimer ran\n", out)
+  end)
+
   it("an error in a luv coroutine nobody joins is raised by etcd.luv.run", function()
     eluv.spawn(function() error("luv boom") end)
     local ok, err = pcall(eluv.run)

@@ -12,6 +12,12 @@
 -- are uv timers. Handles are closed when nobody waits, so uv.run() returns
 -- when the coroutines have finished.
 local uv = require "luv"
+-- luv keeps its loop in the module table (field `_loop`, collected with it)
+-- but points at it from a C context in the registry that outlives it: once
+-- the table is collected (package.loaded.luv cleared, as busted does between
+-- spec files), a later require "luv" runs on the freed loop and crashes.
+-- Keep the table for the life of the Lua state.
+debug.getregistry()["etcd.luv: the luv module"] = uv
 local wait = require "etcd.wait"
 local sched = require "etcd.sched"
 
