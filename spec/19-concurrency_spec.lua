@@ -16,18 +16,7 @@ local function go(body)
   return table.unpack(r, 2, r.n)
 end
 
-local function count(cli, pfx)
-  return assert(cli:get(pfx, { prefix = true, count_only = true })).count
-end
-
--- Wait (yielding) until `pred()` holds.
-local function until_true(pred, limit)
-  local t0 = core.now()
-  while not pred() do
-    if core.now() - t0 > (limit or 10) * slow then error("condition not reached in time", 2) end
-    etcd.sleep(0.01)
-  end
-end
+local count, until_true = helpers.count, helpers.until_true
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 

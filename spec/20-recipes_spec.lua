@@ -22,18 +22,7 @@ local function keys(cli, pfx)
   return out
 end
 
-local function count(cli, pfx)
-  return assert(cli:get(pfx, { prefix = true, count_only = true })).count
-end
-
--- Wait (yielding inside a spawned coroutine) until `pred()` holds.
-local function until_true(pred, limit)
-  local t0 = core.now()
-  while not pred() do
-    if core.now() - t0 > (limit or 10) * slow then error("condition not reached in time", 2) end
-    etcd.sleep(0.01)
-  end
-end
+local count, until_true = helpers.count, helpers.until_true
 
 -- Position of `entry` in `log` (it must be there).
 local function pos(log, entry)
@@ -747,6 +736,49 @@ describe("recipes", function()
       assert.same(want, got) -- none lost, none twice
       assert.is_true(takers >= 2, "only one process took items")
       assert.same({}, keys(cli, "mpq/items/"))
+    end)
+
+    it("3 child processes and this one pass a double barrier of 4 together, in and out", function()
+      -- each process says it arrived before entering, and counts the
+      -- arrivals once through: 4, or enter did not wait for everyone
+      local script = [[
+        local endpoint, id, slow = ...
+        slow = tonumber(slow)
+        local etcd = require "etcd"
+        local concurrency = require "etcd.concurrency"
+        local recipes = require "etcd.recipes"
+        local cli = assert(etcd.new { endpoints = { endpoint } })
+        local s = assert(concurrency.new_session(cli, { ttl = 10 }))
+        local b = recipes.new_double_barrier(s, "mpdb/b", 4)
+        local function count(p) return assert(cli:get(p, { prefix = true, count_only = true })).count end
+        assert(cli:put("mpdb/arrived/" .. id, ""))
+        assert(b:enter(20 * slow))
+        io.write(count("mpdb/arrived/"), "\n")
+        etcd.sleep(0.05 * id)
+        assert(cli:put("mpdb/leaving/" .. id, ""))
+        assert(b:leave(20 * slow))
+        io.write(count("mpdb/leaving/"), "\n")
+        assert(s:close())
+        cli:close()
+      ]]
+      local kids = {}
+      for i = 1, 3 do kids[i] = start_child(script, { srv.endpoint, i, slow }) end
+      local s = assert(concurrency.new_session(cli, { ttl = 10 }))
+      local b = recipes.new_double_barrier(s, "mpdb/b", 4)
+      assert(cli:put("mpdb/arrived/0", ""))
+      assert(b:enter(20 * slow))
+      local outs = { ("%d\n"):format(count(cli, "mpdb/arrived/")) }
+      assert(cli:put("mpdb/leaving/0", ""))
+      assert(b:leave(20 * slow))
+      outs[1] = outs[1] .. ("%d\n"):format(count(cli, "mpdb/leaving/"))
+      for i = 1, 3 do
+        local out, status, err = kids[i].finish()
+        assert.equal(0, status, err)
+        outs[i + 1] = out
+      end
+      assert.same({ "4\n4\n", "4\n4\n", "4\n4\n", "4\n4\n" }, outs)
+      assert.same({}, keys(cli, "mpdb/b/waiters/"))
+      assert(s:close())
     end)
 
     it("3 child processes and this one share an rwmutex: writers never overlap anyone", function()

@@ -163,6 +163,23 @@ function M.eventually(limit, f, step)
   return f()
 end
 
+-- Wait until pred() holds, polling every 10 ms with etcd.sleep (so inside a
+-- spawned coroutine the others run meanwhile); raises after `limit` seconds
+-- (default 10) times helpers.slowdown.
+function M.until_true(pred, limit)
+  local etcd = require "etcd"
+  local t0 = now()
+  while not pred() do
+    if now() - t0 > (limit or 10) * M.slowdown then error("condition not reached in time", 2) end
+    etcd.sleep(0.01)
+  end
+end
+
+-- How many keys start with `pfx` (a count-only get on client `cli`).
+function M.count(cli, pfx)
+  return assert(cli:get(pfx, { prefix = true, count_only = true })).count
+end
+
 -- Children that exit on purpose run without LeakSanitizer under ASan. Every
 -- child lua5.4 ends with gRPC's threads still at work (gRPC lives as long as
 -- the process), and what such a thread holds at that moment is not always

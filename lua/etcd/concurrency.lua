@@ -214,23 +214,27 @@ function Session:__tostring()
   return ("etcd.concurrency.session(%x, ttl %d)%s"):format(self._id, self._ttl, ok and "" or " ended")
 end
 
--- Wait until every key under `pfx` created at or before `max_rev` is gone
--- (Go's waitDeletes): watch only the newest of them, the key just ahead,
--- until it is deleted, then look again. Ends early, with "session_lost",
--- when session `s` ends. Returns the header of the last look.
-local function wait_deletes(s, pfx, max_rev, dl, timeout, what)
+-- Wait until no key is left under `pfx` whose `sort` revision ("create" or
+-- "mod") is at most `max_rev` (Go's waitDeletes, and the read-write lock's
+-- waitOnLastRev): watch only the newest of them, the key just ahead, until
+-- it is deleted, then look again. Ends early, with "session_lost", when
+-- session `s` ends. Returns the header of the last look.
+local function wait_none_before(s, pfx, sort, max_rev, dl, timeout, what)
   local cli = s._cli
   local alive = function() return s:_alive() end
+  local o = { prefix = true, sort_target = sort, sort_order = "descend", limit = 1 }
+  o["max_" .. sort .. "_revision"] = max_rev
   while true do
-    local t = left(cli, dl)
-    if not t then return expired(what, timeout) end
     local ok, msg, code = s:_alive()
     if not ok then return nil, msg, code end
+    o.timeout = left(cli, dl)
+    if not o.timeout then return expired(what, timeout) end
     local res
-    res, msg, code = cli:get(pfx, { prefix = true, sort_target = "create", sort_order = "descend", limit = 1,
-                                    max_create_revision = max_rev, timeout = t })
+    res, msg, code = cli:get(pfx, o)
     if not res then return nil, msg, code end
     if #res.kvs == 0 then return res.header end
+    -- from the look's revision, at which the key exists: its deletion comes
+    -- later (and a compaction since it was created does not matter)
     local ev
     ev, msg, code = M._wait_event(cli, res.kvs[1].key, false, res.header.revision, { DELETE = true }, dl, alive,
       s._ka._tok)
@@ -241,7 +245,7 @@ local function wait_deletes(s, pfx, max_rev, dl, timeout, what)
     end
   end
 end
-M._wait_deletes = wait_deletes
+M._wait_none_before = wait_none_before
 
 -- A lease that etcd no longer has means the session is over.
 local function session_code(msg, code)
@@ -328,7 +332,7 @@ function Mutex:_lock(timeout)
   end
   local s = self._s
   local hdr, msg
-  hdr, msg, code = wait_deletes(s, self._pfx, self._rev - 1, dl, timeout, "m:lock")
+  hdr, msg, code = wait_none_before(s, self._pfx, "create", self._rev - 1, dl, timeout, "m:lock")
   if not hdr then
     release(self)
     return nil, msg, code
@@ -480,7 +484,7 @@ function Election:campaign(value, timeout)
     end
   end
   local hdr
-  hdr, msg, code = wait_deletes(s, self._pfx, self._rev - 1, dl, timeout, "e:campaign")
+  hdr, msg, code = wait_none_before(s, self._pfx, "create", self._rev - 1, dl, timeout, "e:campaign")
   if not hdr then
     if code == "timeout" then self:resign() else self._leader = false end
     return nil, msg, code

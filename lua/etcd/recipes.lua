@@ -284,32 +284,6 @@ function M.new_rwmutex(s, pfx)
   return setmetatable({ _s = s, _cli = s._cli, _pfx = pfx .. "/" }, RWMutex)
 end
 
--- Wait until no key under `pfx` with a lower mod revision than ours is left.
-local function wait_on_last_rev(m, pfx, dl, timeout, what)
-  local cli, s = m._cli, m._s
-  local alive = function() return s:_alive() end
-  while true do
-    local ok, msg, code = s:_alive()
-    if not ok then return nil, msg, code end
-    local t = left(cli, dl)
-    if not t then return expired(what, timeout) end
-    local res
-    res, msg, code = cli:get(pfx, { prefix = true, sort_target = "mod", sort_order = "descend", limit = 1,
-                                    max_mod_revision = m._rev - 1, timeout = t })
-    if not res then return nil, msg, code end
-    if #res.kvs == 0 then return true end
-    local ev
-    -- from the look's revision, at which the key exists (Go watches from
-    -- our own revision, and spins once a compaction passed it)
-    ev, msg, code = wait_event(cli, res.kvs[1].key, false, res.header.revision, { DELETE = true }, dl, alive,
-      s._ka._tok)
-    if not ev and code ~= "compacted" then
-      if code == "timeout" and dl and now() >= dl then return expired(what, timeout) end
-      return nil, msg, code
-    end
-  end
-end
-
 local function rw_lock(m, kind, wait_pfx, timeout, what)
   local dl = wait.deadline(timeout)
   if m._key then check.fail(what .. ": the lock is held by this object already", 3) end
@@ -319,7 +293,8 @@ local function rw_lock(m, kind, wait_pfx, timeout, what)
   key, rev, code = new_unique(m._cli, m._pfx .. kind, "", m._s._id, dl)
   if not key then return nil, rev, code end
   m._key, m._rev = key, rev
-  ok, msg, code = wait_on_last_rev(m, wait_pfx, dl, timeout, what)
+  -- until no key under wait_pfx older (by mod revision) than ours is left
+  ok, msg, code = concurrency._wait_none_before(m._s, wait_pfx, "mod", rev - 1, dl, timeout, what)
   if ok then
     -- never a false success: our key (and so the session) must still be there
     local g
