@@ -12,12 +12,17 @@
 -- are uv timers. Handles are closed when nobody waits, so uv.run() returns
 -- when the coroutines have finished.
 local uv = require "luv"
--- luv keeps its loop in the module table (field `_loop`, collected with it)
--- but points at it from a C context in the registry that outlives it: once
--- the table is collected (package.loaded.luv cleared, as busted does between
--- spec files), a later require "luv" runs on the freed loop and crashes.
--- Keep the table for the life of the Lua state.
-debug.getregistry()["etcd.luv: the luv module"] = uv
+-- luv keeps its loop in the userdata `_loop` of the module table it makes
+-- first, freed when that table is collected, but points at it from a C
+-- context in the registry that outlives it: once package.loaded.luv is
+-- cleared (busted does it between spec files) and the table collected, a
+-- later require "luv" (which makes a table without `_loop`) runs on the
+-- freed loop and crashes. Keep the loop for the life of the Lua state.
+do
+  local reg = debug.getregistry()
+  local loop = rawget(uv, "_loop")
+  if loop ~= nil then reg["etcd.luv: luv's loop"] = loop end
+end
 local wait = require "etcd.wait"
 local sched = require "etcd.sched"
 
