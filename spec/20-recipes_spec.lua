@@ -738,6 +738,56 @@ describe("recipes", function()
       assert.same({}, keys(cli, "mpq/items/"))
     end)
 
+    it("3 child processes enqueue at once on a priority queue: nothing lost, lowest first, FIFO per producer", function()
+      -- all three number their items at the same priorities at the same
+      -- time: the "__" guard key makes the losers of a race number again
+      local script = [[
+        local endpoint, id, slow = ...
+        slow = tonumber(slow)
+        local etcd = require "etcd"
+        local recipes = require "etcd.recipes"
+        local cli = assert(etcd.new { endpoints = { endpoint } })
+        local q = recipes.new_priority_queue(cli, "mppq/q")
+        assert(cli:put("mppq/ready/" .. id, ""))
+        assert(recipes.new_barrier(cli, "mppq/start"):wait(20 * slow))
+        for i = 1, 10 do assert(q:enqueue(("%s-%02d"):format(id, i), i % 3)) end
+        cli:close()
+      ]]
+      local start = recipes.new_barrier(cli, "mppq/start")
+      assert(start:hold())
+      local kids = {}
+      for i = 1, 3 do kids[i] = start_child(script, { srv.endpoint, i, slow }) end
+      local ready = helpers.eventually(20 * slow, function() return count(cli, "mppq/ready/") == 3 end)
+      if ready then assert(start:release()) end
+      for i = 1, 3 do
+        local _, status, err = kids[i].finish()
+        assert.equal(0, status, err)
+      end
+      assert.is_true(ready, "the children did not start")
+      local q = recipes.new_priority_queue(cli, "mppq/q")
+      local got, last_prio, last_of = {}, -1, {}
+      for _ = 1, 30 do
+        local v = assert(q:dequeue(0))
+        local id, n = v:match("^(%d)-(%d+)$")
+        n = tonumber(n)
+        local prio = n % 3
+        assert.is_true(prio >= last_prio, "priority order")
+        if prio > last_prio then last_of = {} end
+        last_prio = prio
+        assert.is_true((last_of[id] or 0) < n, "FIFO per producer within a priority")
+        last_of[id] = n
+        got[#got + 1] = v
+      end
+      assert.same({ nil, within("q:dequeue", 0), "timeout" }, { q:dequeue(0) })
+      table.sort(got)
+      local want = {}
+      for id = 1, 3 do
+        for i = 1, 10 do want[#want + 1] = ("%d-%02d"):format(id, i) end
+      end
+      table.sort(want)
+      assert.same(want, got)
+    end)
+
     it("3 child processes and this one pass a double barrier of 4 together, in and out", function()
       -- each process says it arrived before entering, and counts the
       -- arrivals once through: 4, or enter did not wait for everyone
