@@ -264,26 +264,37 @@ describe("concurrency mutex", function()
     close_all(ss)
   end)
 
-  it("returns 'session_lost', never a false success, when the session ends while waiting", function()
-    local ss = sessions(2, 2)
+  it("returns 'session_lost' at once, never a false success, when the lease ends while waiting", function()
+    -- TTL 30: the keep-alive would notice only at its next renewal, up to
+    -- 10 s later; the waiter watches its own key and sees it go at once
+    local ss = sessions(2, 30)
     local m1, m2 = concurrency.new_mutex(ss[1], "lost"), concurrency.new_mutex(ss[2], "lost")
     assert(m1:lock())
-    local waiter = etcd.spawn(function() return m2:lock(20 * slow) end)
+    local revoked_at
+    local waiter = etcd.spawn(function()
+      local r, m, c = m2:lock(60 * slow)
+      return r, m, c, core.now() - revoked_at
+    end)
     etcd.spawn(function()
       until_true(function() return count(cli, "lost/") == 2 end)
+      etcd.sleep(0.1) -- the waiter is waiting
+      revoked_at = core.now()
       assert(cli:revoke(ss[2]:lease()))
     end)
     etcd.run()
-    local ok, res, msg, code = waiter:join()
+    local ok, res, msg, code, took = waiter:join()
     assert.is_true(ok)
     assert.is_nil(res)
     assert.equal("session_lost", code)
-    assert.matches("session lost", msg)
+    assert.equal("etcd: session lost (its lease expired or was revoked) (the lock key is gone)", msg)
+    assert.is_true(took < 3 * slow, "took " .. took)
     assert.is_nil(m2:key())
     -- the holder is unaffected
     assert.equal(m1:key(), assert(cli:get("lost/", { prefix = true })).kvs[1].key)
     -- a lock on a session that ended fails the same way
-    assert.same({ nil, "etcd: session lost (its lease expired or was revoked)", "session_lost" }, { m2:lock(1) })
+    local _, msg2, code2 = m2:lock(1)
+    assert.equal("session_lost", code2)
+    assert.matches("^etcd: session lost", msg2)
     assert(m1:unlock())
     close_all(ss)
   end)

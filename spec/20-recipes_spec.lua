@@ -11,6 +11,13 @@ local recipes = require "etcd.recipes"
 local slow = helpers.slowdown
 local LOST = "etcd: session lost (its lease expired or was revoked)"
 
+-- A failure that says the session is lost (with or without a detail).
+local function lost(r, msg, code)
+  assert.is_nil(r)
+  assert.equal("session_lost", code)
+  assert.equal(LOST, msg:sub(1, #LOST))
+end
+
 -- What a blocking method that ran out of `t` seconds says.
 local function within(what, t) return ("etcd: %s did not finish within %gs"):format(what, t) end
 
@@ -441,6 +448,14 @@ describe("recipes", function()
       close_all(ss)
     end)
 
+    it("enter on a session whose lease is gone returns session_lost", function()
+      local s = assert(concurrency.new_session(cli, { ttl = 30 }))
+      assert(cli:revoke(s:lease()))
+      lost(recipes.new_double_barrier(s, "dblost", 2):enter(1))
+      assert.equal(0, count(cli, "dblost/"))
+      s:close()
+    end)
+
     it("an enter that timed out does not count: two later ones are not let through with count 3", function()
       local ss = sessions(cli, 3)
       local b1 = recipes.new_double_barrier(ss[1], "dgone", 3)
@@ -622,11 +637,12 @@ describe("recipes", function()
         assert(cli:revoke(ws:lease()))
       end)
       etcd.run()
-      assert.same({ nil, LOST, "session_lost" }, { results(h) })
-      -- noticed at the next renewal (TTL/3), long before the lock's timeout
+      lost(results(h))
+      -- noticed at once (the writer watches its own key), or at the next
+      -- renewal (TTL/3): long before the lock's timeout
       local took = core.now() - t0
       assert.is_true(took < 3 * slow, tostring(took))
-      assert.same({ nil, LOST, "session_lost" }, { w:lock(1) })
+      lost(w:lock(1))
       assert.equal(0, count(cli, "rwlost/write/"))
       -- the reader still holds
       assert.equal(1, count(cli, "rwlost/read/"))
@@ -647,7 +663,7 @@ describe("recipes", function()
         assert(r:runlock()) -- ... and then what it waited for
       end)
       etcd.run()
-      assert.same({ nil, LOST, "session_lost" }, { results(h) })
+      assert.same({ nil, LOST .. " (the lock key is gone)", "session_lost" }, { results(h) })
       assert.same({}, keys(cli, "rwgone/"))
       assert(reader:close())
       ws:close()

@@ -74,7 +74,8 @@ end
 -- `alive()` (optional) says false, or the absolute deadline `dl`. One watch,
 -- closed before returning. Returns the event, or nil, msg, code ("timeout",
 -- "session_lost" from `alive`, "closed", "compacted", ...).
--- `extra` is a token to park on as well (a session's keep-alive). `holder`
+-- `extra` is a list of tokens to park on as well (a session's keep-alive,
+-- the watch of our own key). `holder`
 -- (optional) gets the watch as holder._wait while it waits, so that another
 -- coroutine can end the wait by closing it.
 function M._wait_event(cli, key, prefix, rev, types, dl, alive, extra, holder)
@@ -100,7 +101,12 @@ function M._wait_event(cli, key, prefix, rev, types, dl, alive, extra, holder)
       evs, i = resp.events, 0
     end
   end
-  local ev, m, c = wait.loop(cli._core, extra and { w._tok, extra } or w._tok, dl, step)
+  local toks = w._tok
+  if extra then
+    toks = { w._tok }
+    for j = 1, #extra do toks[j + 1] = extra[j] end
+  end
+  local ev, m, c = wait.loop(cli._core, toks, dl, step)
   w:close()
   if holder then holder._wait = nil end
   if ev == wait.TIMEOUT then return nil, "etcd: deadline passed while waiting for a change", "timeout" end
@@ -218,30 +224,56 @@ end
 -- "mod") is at most `max_rev` (Go's waitDeletes, and the read-write lock's
 -- waitOnLastRev): watch only the newest of them, the key just ahead, until
 -- it is deleted, then look again. Ends early, with "session_lost", when
--- session `s` ends. Returns the header of the last look.
-local function wait_none_before(s, pfx, sort, max_rev, dl, timeout, what)
+-- session `s` ends, or when our own key `own` (put at revision `own_rev`)
+-- is deleted: a lease revoked elsewhere is seen at once, not at the next
+-- renewal. Returns the header of the last look.
+local function wait_none_before(s, pfx, sort, max_rev, dl, timeout, what, own, own_rev)
   local cli = s._cli
-  local alive = function() return s:_alive() end
+  -- (if the watch cannot be made, the keep-alive alone tells)
+  local own_w = own and cli:watch(own, { start_revision = own_rev, filters = { "noput" } }) or nil
+  local mine = own_w
+  local extra = { s._ka._tok, own_w and own_w._tok or nil }
+  local function alive()
+    local ok, m, c = s:_alive()
+    if not ok then return nil, m, c end
+    while mine do
+      local resp = mine._look()
+      if not resp then
+        -- nothing new; or the watch ended (compacted, ...): the session's
+        -- keep-alive still tells
+        if resp == nil then mine = nil end
+        break
+      end
+      for _, ev in ipairs(resp.events) do
+        if ev.type == "DELETE" then return nil, LOST .. " (the lock key is gone)", "session_lost" end
+      end
+    end
+    return true
+  end
+  local function done(...)
+    if own_w then own_w:close() end
+    return ...
+  end
   local o = { prefix = true, sort_target = sort, sort_order = "descend", limit = 1 }
   o["max_" .. sort .. "_revision"] = max_rev
   while true do
-    local ok, msg, code = s:_alive()
-    if not ok then return nil, msg, code end
+    local ok, msg, code = alive()
+    if not ok then return done(nil, msg, code) end
     o.timeout = left(cli, dl)
-    if not o.timeout then return expired(what, timeout) end
+    if not o.timeout then return done(expired(what, timeout)) end
     local res
     res, msg, code = cli:get(pfx, o)
-    if not res then return nil, msg, code end
-    if #res.kvs == 0 then return res.header end
+    if not res then return done(nil, msg, code) end
+    if #res.kvs == 0 then return done(res.header) end
     -- from the look's revision, at which the key exists: its deletion comes
     -- later (and a compaction since it was created does not matter)
     local ev
     ev, msg, code = M._wait_event(cli, res.kvs[1].key, false, res.header.revision, { DELETE = true }, dl, alive,
-      s._ka._tok)
+      extra)
     -- a compacted start revision: look again (the key may be gone already)
     if not ev and code ~= "compacted" then
-      if code == "timeout" and dl and now() >= dl then return expired(what, timeout) end
-      return nil, msg, code
+      if code == "timeout" and dl and now() >= dl then return done(expired(what, timeout)) end
+      return done(nil, msg, code)
     end
   end
 end
@@ -252,6 +284,7 @@ local function session_code(msg, code)
   if code == "lease_not_found" then return LOST .. " (" .. msg .. ")", "session_lost" end
   return msg, code
 end
+M._session_code = session_code
 
 -- ---------------------------------------------------------------------------
 -- mutex
@@ -332,7 +365,8 @@ function Mutex:_lock(timeout)
   end
   local s = self._s
   local hdr, msg
-  hdr, msg, code = wait_none_before(s, self._pfx, "create", self._rev - 1, dl, timeout, "m:lock")
+  hdr, msg, code = wait_none_before(s, self._pfx, "create", self._rev - 1, dl, timeout, "m:lock", self._key,
+    self._rev)
   if not hdr then
     release(self)
     return nil, msg, code
@@ -484,7 +518,8 @@ function Election:campaign(value, timeout)
     end
   end
   local hdr
-  hdr, msg, code = wait_none_before(s, self._pfx, "create", self._rev - 1, dl, timeout, "e:campaign")
+  hdr, msg, code = wait_none_before(s, self._pfx, "create", self._rev - 1, dl, timeout, "e:campaign", key,
+    self._rev)
   if not hdr then
     if code == "timeout" then self:resign() else self._leader = false end
     return nil, msg, code

@@ -193,9 +193,10 @@ function DoubleBarrier:enter(timeout)
   timeout = check_timeout(timeout, 1, "b:enter")
   local dl = wait.deadline(timeout)
   local cli = self._cli
-  local key, rev, msg, code = new_unique(cli, self._key .. "/waiters", "", self._s._id, dl)
-  if not key then return nil, msg, code end
+  local key, rev, code = new_unique(cli, self._key .. "/waiters", "", self._s._id, dl)
+  if not key then return nil, concurrency._session_code(rev, code) end
   self._mine, self._rev = key, rev
+  local msg
   -- a process that does not enter must not be counted by the others
   local function withdraw(m, c)
     cli:delete(key)
@@ -291,10 +292,10 @@ local function rw_lock(m, kind, wait_pfx, timeout, what)
   if not ok then return nil, msg, code end
   local key, rev
   key, rev, code = new_unique(m._cli, m._pfx .. kind, "", m._s._id, dl)
-  if not key then return nil, rev, code end
+  if not key then return nil, concurrency._session_code(rev, code) end
   m._key, m._rev = key, rev
   -- until no key under wait_pfx older (by mod revision) than ours is left
-  ok, msg, code = concurrency._wait_none_before(m._s, wait_pfx, "mod", rev - 1, dl, timeout, what)
+  ok, msg, code = concurrency._wait_none_before(m._s, wait_pfx, "mod", rev - 1, dl, timeout, what, key, rev)
   if ok then
     -- never a false success: our key (and so the session) must still be there
     local g
