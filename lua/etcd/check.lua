@@ -127,6 +127,16 @@ function M.self(v, mt, fname, level)
   end
 end
 
+--- Check positional argument #n (`name`) of function `fname`: an object of
+-- class `mt` (a real one: its __valid, if any, agrees).
+function M.object(v, mt, n, name, fname, level)
+  if getmetatable(v) ~= mt or (mt.__valid and not mt.__valid(v)) then
+    local vmt = type(v) == "table" and getmetatable(v)
+    error(("%s: bad argument #%d (%s): %s expected, got %s"):format(fname, n, name, mt.__name,
+      vmt and vmt.__name or type(v)), level + 1)
+  end
+end
+
 --- Check a positional argument.
 function M.arg(v, kind, n, name, fname, level)
   local out = M.value(v, kind, ("%s: bad argument #%d (%s)"):format(fname, n, name), level + 1)

@@ -33,15 +33,6 @@ function M.key_of(pfx, id)
   return ("%s%x"):format(pfx, id)
 end
 
---- Check argument #n of a module function: an object of class `mt`.
-function M._check_obj(v, mt, n, name, fname)
-  if getmetatable(v) ~= mt or (mt.__valid and not mt.__valid(v)) then
-    local t = type(v) == "table" and getmetatable(v) and getmetatable(v).__name or type(v)
-    error(("%s: bad argument #%d (%s): %s expected, got %s"):format(fname, n, name, mt.__name, t), 3)
-  end
-end
-local check_obj = M._check_obj
-
 --- The per-call timeout left before the absolute deadline `dl` (nil: the
 -- client's own), or nil when `dl` has passed.
 local function left(cli, dl)
@@ -59,9 +50,15 @@ local function first(cli, dl)
 end
 M._first = first
 
-local function expired(what, timeout)
-  return nil, ("etcd: %s did not finish within %gs"):format(what, timeout), "timeout"
+local function late(what, timeout)
+  return ("etcd: %s did not finish within %gs"):format(what, timeout)
 end
+M._late = late
+
+local function expired(what, timeout)
+  return nil, late(what, timeout), "timeout"
+end
+M._expired = expired
 
 -- The first key (by create revision) under a prefix: the owner of a lock, the
 -- leader of an election (Go's WithFirstCreate).
@@ -69,49 +66,60 @@ local function first_create(pfx)
   return op.get(pfx, { prefix = true, sort_target = "create", sort_order = "ascend", limit = 1 })
 end
 
---- Wait until one of `types` (a set: { DELETE = true }) happens to `key` (or
--- under it with `prefix`), looking from revision `rev` on; or until
--- `alive()` (optional) says false, or the absolute deadline `dl`. One watch,
--- closed before returning. Returns the event, or nil, msg, code ("timeout",
+-- Look through what watch `w` has queued for an event of one of `types` (a
+-- set: { DELETE = true }): the event, false (none yet; what was queued is
+-- consumed), or nil, msg, code once the watch has ended.
+local function find_event(w, types)
+  while true do
+    local resp, msg, code = w._look()
+    if not resp then return resp, msg, code end
+    for _, ev in ipairs(resp.events) do
+      if types[ev.type] then return ev end
+    end
+  end
+end
+
+--- Wait until one of `a.types` happens to `a.key` (or under it with
+-- `a.prefix`), looking from revision `a.rev` on, with one watch closed
+-- before returning. Ends early when `a.alive()` (optional) says no, and at
+-- the absolute deadline `a.dl` with nil, `a.late` (the caller's message),
+-- "timeout". `a.extra`: a list of tokens to park on as well (a session's
+-- keep-alive, the watch of our own key). `a.holder` (optional) gets the
+-- watch as holder._wait while it waits, so that another coroutine can end
+-- the wait by closing it. Returns the event, or nil, msg, code ("timeout",
 -- "session_lost" from `alive`, "closed", "compacted", ...).
--- `extra` is a list of tokens to park on as well (a session's keep-alive,
--- the watch of our own key). `holder`
--- (optional) gets the watch as holder._wait while it waits, so that another
--- coroutine can end the wait by closing it.
-function M._wait_event(cli, key, prefix, rev, types, dl, alive, extra, holder)
-  local w, msg, code = cli:watch(key, { prefix = prefix, start_revision = rev })
-  if not w then return nil, msg, code end
+function M._wait_event(cli, a)
+  local w, msg, code = cli:watch(a.key, { prefix = a.prefix, start_revision = a.rev })
+  if not w then
+    -- a creation that timed out past our deadline: ours ran out too
+    if code == "timeout" and a.dl and now() >= a.dl then return nil, a.late, "timeout" end
+    return nil, msg, code
+  end
+  local holder, alive, types = a.holder, a.alive, a.types
   if holder then
     holder._wait = w
     if holder._closed then w:close() end -- closed while the watch was being made
   end
-  local evs, i = {}, 0
-  local function step()
-    if alive then
-      local ok, m, c = alive()
-      if not ok then return nil, m, c end
-    end
-    while true do
-      while i < #evs do
-        i = i + 1
-        if types[evs[i].type] then return evs[i] end
-      end
-      local resp, m, c = w._look()
-      if resp == false or resp == nil then return resp, m, c end
-      evs, i = resp.events, 0
-    end
-  end
   local toks = w._tok
-  if extra then
+  if a.extra then
     toks = { w._tok }
-    for j = 1, #extra do toks[j + 1] = extra[j] end
+    for j = 1, #a.extra do toks[j + 1] = a.extra[j] end
   end
-  local ev, m, c = wait.loop(cli._core, toks, dl, step)
+  local ev, m, c = wait.loop(cli._core, toks, a.dl, function()
+    if alive then
+      local ok, m2, c2 = alive()
+      if not ok then return nil, m2, c2 end
+    end
+    return find_event(w, types)
+  end)
   w:close()
   if holder then holder._wait = nil end
-  if ev == wait.TIMEOUT then return nil, "etcd: deadline passed while waiting for a change", "timeout" end
+  if ev == wait.TIMEOUT then return nil, a.late, "timeout" end
   return ev, m, c
 end
+
+M._DELETED = { DELETE = true }
+local DELETED = M._DELETED
 
 -- ---------------------------------------------------------------------------
 -- sessions
@@ -139,7 +147,7 @@ local SESSION_OPTS = { ttl = "integer", lease = "integer", timeout = "seconds" }
 -- session | nil, msg, code. Grants a lease of `ttl` seconds (or takes lease
 -- `id`) and keeps it alive in the client's pump thread until s:close().
 function M.new_session(cli, opts)
-  check_obj(cli, etcd.Client, 1, "cli", "concurrency.new_session")
+  check.object(cli, etcd.Client, 1, "cli", "concurrency.new_session", 2)
   local o = check.options(opts, SESSION_OPTS, "concurrency.new_session", 2)
   local ttl = o.ttl or 60
   if ttl <= 0 then ttl = 60 end -- Go's WithTTL ignores a TTL <= 0
@@ -236,17 +244,11 @@ local function wait_none_before(s, pfx, sort, max_rev, dl, timeout, what, own, o
   local function alive()
     local ok, m, c = s:_alive()
     if not ok then return nil, m, c end
-    while mine do
-      local resp = mine._look()
-      if not resp then
-        -- nothing new; or the watch ended (compacted, ...): the session's
-        -- keep-alive still tells
-        if resp == nil then mine = nil end
-        break
-      end
-      for _, ev in ipairs(resp.events) do
-        if ev.type == "DELETE" then return nil, LOST .. " (the lock key is gone)", "session_lost" end
-      end
+    if mine then
+      local ev = find_event(mine, DELETED)
+      if ev then return nil, LOST .. " (the lock key is gone)", "session_lost" end
+      -- the watch ended (compacted, ...): the session's keep-alive still tells
+      if ev == nil then mine = nil end
     end
     return true
   end
@@ -268,13 +270,10 @@ local function wait_none_before(s, pfx, sort, max_rev, dl, timeout, what, own, o
     -- from the look's revision, at which the key exists: its deletion comes
     -- later (and a compaction since it was created does not matter)
     local ev
-    ev, msg, code = M._wait_event(cli, res.kvs[1].key, false, res.header.revision, { DELETE = true }, dl, alive,
-      extra)
+    ev, msg, code = M._wait_event(cli, { key = res.kvs[1].key, rev = res.header.revision, types = DELETED, dl = dl,
+                                         late = dl and late(what, timeout), alive = alive, extra = extra })
     -- a compacted start revision: look again (the key may be gone already)
-    if not ev and code ~= "compacted" then
-      if code == "timeout" and dl and now() >= dl then return done(expired(what, timeout)) end
-      return done(nil, msg, code)
-    end
+    if not ev and code ~= "compacted" then return done(nil, msg, code) end
   end
 end
 M._wait_none_before = wait_none_before
@@ -298,7 +297,7 @@ function Mutex.__valid(m) return getmetatable(rawget(m, "_s")) == Session end
 -- pfx .. "/" .. hex lease id, as in Go (so two mutexes on one session and
 -- prefix share one key and do not exclude each other).
 function M.new_mutex(s, pfx)
-  check_obj(s, Session, 1, "s", "concurrency.new_mutex")
+  check.object(s, Session, 1, "s", "concurrency.new_mutex", 2)
   check.arg(pfx, "string", 2, "pfx", "concurrency.new_mutex", 2)
   return setmetatable({ _s = s, _pfx = pfx .. "/", _key = nil, _rev = -1, _hdr = nil }, Mutex)
 end
@@ -459,7 +458,7 @@ function Election.__valid(e) return getmetatable(rawget(e, "_s")) == Session end
 --- concurrency.new_election(s, pfx): candidates put pfx .. "/" .. hex lease
 -- id; the key created first leads.
 function M.new_election(s, pfx)
-  check_obj(s, Session, 1, "s", "concurrency.new_election")
+  check.object(s, Session, 1, "s", "concurrency.new_election", 2)
   check.arg(pfx, "string", 2, "pfx", "concurrency.new_election", 2)
   return setmetatable({ _s = s, _pfx = pfx .. "/", _key = nil, _rev = -1, _leader = false }, Election)
 end
@@ -470,7 +469,7 @@ end
 -- (Go keeps `pfx` without the "/" there, so its Leader and Observe look
 -- under a wider prefix; ours adds the "/" as everywhere else.)
 function M.resume_election(s, pfx, leader_key, leader_rev)
-  check_obj(s, Session, 1, "s", "concurrency.resume_election")
+  check.object(s, Session, 1, "s", "concurrency.resume_election", 2)
   check.arg(pfx, "string", 2, "pfx", "concurrency.resume_election", 2)
   check.arg(leader_key, "string", 3, "leader_key", "concurrency.resume_election", 2)
   leader_rev = check.arg(leader_rev, "integer", 4, "leader_rev", "concurrency.resume_election", 2)
@@ -608,7 +607,10 @@ end
 -- ---------------------------------------------------------------------------
 -- observing an election
 
-local Observer = { __name = "etcd.concurrency.observer" }
+local NO_CHANGE = "etcd: no leader change before the deadline"
+local PUT = { PUT = true }
+
+local Observer = { __name = "etcd.concurrency.observer", _kind = "observer" }
 Observer.__index = Observer
 M.Observer = Observer
 function Observer.__valid(o) return getmetatable(rawget(o, "_e")) == Election end
@@ -629,16 +631,17 @@ end
 local function observe_leader(self, dl)
   local cli, pfx = self._cli, self._e._pfx
   local t = left(cli, dl)
-  if not t then return nil, "etcd: no leader change before the deadline", "timeout" end
+  if not t then return nil, NO_CHANGE, "timeout" end
   local res, msg, code = cli:exec(first_create(pfx), { timeout = t })
   if not res then return nil, msg, code end
   local hdr, kv = res.header, res.kvs[1]
   if not kv then
     local ev
-    ev, msg, code = M._wait_event(cli, pfx, true, res.header.revision, { PUT = true }, dl, nil, nil, self)
+    ev, msg, code = M._wait_event(cli, { key = pfx, prefix = true, rev = res.header.revision, types = PUT, dl = dl,
+                                         late = NO_CHANGE, holder = self })
     if not ev then
       if self._closed then return nil, "etcd: observer is closed", "closed" end
-      if code == "timeout" then return nil, "etcd: no leader change before the deadline", "timeout" end
+      if code == "timeout" then return nil, NO_CHANGE, "timeout" end
       return nil, msg, code
     end
     kv = ev.kv
@@ -661,16 +664,8 @@ end
 function Observer:next(timeout)
   check.self(self, Observer, "obs:next", 2)
   if timeout ~= nil then timeout = check.arg(timeout, "seconds", 1, "timeout", "obs:next", 2) end
-  local co = coroutine.running()
-  local w = self._waiter
-  if w and w ~= co and coroutine.status(w) ~= "dead" then
-    check.fail("obs:next: another coroutine is already waiting on this observer (one waiter at a time)", 2)
-  end
-  self._waiter = co
-  local ok, a, b, c = pcall(self._next, self, timeout)
-  self._waiter = nil
-  if not ok then error(a, 0) end
-  return a, b, c
+  local a, b, c = wait.alone(self, "obs:next", 2, self._next, self, timeout)
+  return a, b, c -- not a tail call: misuse is raised at the caller's level
 end
 
 function Observer:_next(timeout)
@@ -698,7 +693,7 @@ function Observer:_next(timeout)
       end
       local resp, msg, code = w:next(wt)
       if not resp then
-        if code == "timeout" then return nil, "etcd: no leader change before the deadline", "timeout" end
+        if code == "timeout" then return nil, NO_CHANGE, "timeout" end
         if self._closed then return nil, "etcd: observer is closed", "closed" end
         return nil, msg, code
       end
@@ -876,7 +871,7 @@ local STM_OPTS = { isolation = "string", prefetch = "table", timeout = "seconds"
 -- "repeatable_reads", "read_committed"), prefetch (keys read in the first
 -- txn), timeout (of each request).
 function M.new_stm(cli, fn, opts)
-  check_obj(cli, etcd.Client, 1, "cli", "concurrency.new_stm")
+  check.object(cli, etcd.Client, 1, "cli", "concurrency.new_stm", 2)
   if type(fn) ~= "function" then
     check.fail(("concurrency.new_stm: bad argument #2 (fn): function expected, got %s"):format(type(fn)), 2)
   end

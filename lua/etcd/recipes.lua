@@ -18,15 +18,11 @@ local concurrency = require "etcd.concurrency"
 
 local M = {}
 
-local now = wait.now
 local cmp, op = etcd.compare, etcd.op
 local Session = concurrency.Session
-local left, first, wait_event, check_obj = concurrency._left, concurrency._first, concurrency._wait_event,
-  concurrency._check_obj
-
-local function expired(what, timeout)
-  return nil, ("etcd: %s did not finish within %gs"):format(what, timeout), "timeout"
-end
+local left, first, wait_event = concurrency._left, concurrency._first, concurrency._wait_event
+local late, expired = concurrency._late, concurrency._expired
+local DELETED, PUT = concurrency._DELETED, { PUT = true }
 
 local function check_timeout(timeout, n, what)
   if timeout == nil then return nil end
@@ -123,7 +119,7 @@ function Barrier.__valid(b) return getmetatable(rawget(b, "_cli")) == etcd.Clien
 
 --- recipes.new_barrier(cli, key): processes wait at the barrier while `key` exists.
 function M.new_barrier(cli, key)
-  check_obj(cli, etcd.Client, 1, "cli", "recipes.new_barrier")
+  check.object(cli, etcd.Client, 1, "cli", "recipes.new_barrier", 2)
   check.arg(key, "string", 2, "key", "recipes.new_barrier", 2)
   return setmetatable({ _cli = cli, _key = key }, Barrier)
 end
@@ -159,11 +155,9 @@ function Barrier:wait(timeout)
   -- waits for a PUT and then a DELETE from that revision, and so misses a
   -- release when the key was put before the look's revision.)
   local ev
-  ev, msg, code = wait_event(cli, self._key, false, res.header.revision, { DELETE = true }, dl)
-  if not ev then
-    if code == "timeout" and dl and now() >= dl then return expired("b:wait", timeout) end
-    return nil, msg, code
-  end
+  ev, msg, code = wait_event(cli, { key = self._key, rev = res.header.revision, types = DELETED, dl = dl,
+                                   late = dl and late("b:wait", timeout) })
+  if not ev then return nil, msg, code end
   return true
 end
 
@@ -179,7 +173,7 @@ function DoubleBarrier.__valid(b) return getmetatable(rawget(b, "_s")) == Sessio
 -- together and leave together. Keys: key/waiters/<n> (on the session's
 -- lease) and key/ready.
 function M.new_double_barrier(s, key, count)
-  check_obj(s, Session, 1, "s", "recipes.new_double_barrier")
+  check.object(s, Session, 1, "s", "recipes.new_double_barrier", 2)
   check.arg(key, "string", 2, "key", "recipes.new_double_barrier", 2)
   count = check.arg(count, "integer", 3, "count", "recipes.new_double_barrier", 2)
   if count < 1 then check.fail("recipes.new_double_barrier: bad argument #3 (count must be at least 1)", 2) end
@@ -213,11 +207,9 @@ function DoubleBarrier:enter(timeout)
     return true
   end
   local ev
-  ev, msg, code = wait_event(cli, self._key .. "/ready", false, rev, { PUT = true }, dl)
-  if not ev then
-    if code == "timeout" and dl and now() >= dl then return withdraw(select(2, expired("b:enter", timeout))) end
-    return withdraw(msg, code)
-  end
+  ev, msg, code = wait_event(cli, { key = self._key .. "/ready", rev = rev, types = PUT, dl = dl,
+                                   late = dl and late("b:enter", timeout) })
+  if not ev then return withdraw(msg, code) end
   return true
 end
 
@@ -260,11 +252,9 @@ function DoubleBarrier:leave(timeout)
     local ev
     -- (from the look's revision, at which the key exists: its deletion
     -- comes later, and a compaction since it was put does not matter)
-    ev, msg, code = wait_event(cli, target.key, false, look, { DELETE = true }, dl)
-    if not ev and code ~= "compacted" then
-      if code == "timeout" and dl and now() >= dl then return expired("b:leave", timeout) end
-      return nil, msg, code
-    end
+    ev, msg, code = wait_event(cli, { key = target.key, rev = look, types = DELETED, dl = dl,
+                                     late = dl and late("b:leave", timeout) })
+    if not ev and code ~= "compacted" then return nil, msg, code end
   end
 end
 
@@ -280,7 +270,7 @@ function RWMutex.__valid(m) return getmetatable(rawget(m, "_s")) == Session end
 -- pfx/write/<n> (on the session's lease); a reader waits for the writers
 -- ahead of it, a writer for everyone ahead of it.
 function M.new_rwmutex(s, pfx)
-  check_obj(s, Session, 1, "s", "recipes.new_rwmutex")
+  check.object(s, Session, 1, "s", "recipes.new_rwmutex", 2)
   check.arg(pfx, "string", 2, "pfx", "recipes.new_rwmutex", 2)
   return setmetatable({ _s = s, _cli = s._cli, _pfx = pfx .. "/" }, RWMutex)
 end
@@ -368,9 +358,9 @@ local function dequeue(cli, pfx, o, dl, timeout, what)
       -- another consumer took it: look again
     else
       local ev
-      ev, msg, code = wait_event(cli, pfx, true, res.header.revision, { PUT = true }, dl)
+      ev, msg, code = wait_event(cli, { key = pfx, prefix = true, rev = res.header.revision, types = PUT, dl = dl,
+                                       late = dl and late(what, timeout) })
       if not ev then
-        if code == "timeout" and dl and now() >= dl then return expired(what, timeout) end
         if code ~= "compacted" then return nil, msg, code end
       else
         local ok
@@ -389,7 +379,7 @@ function Queue.__valid(q) return getmetatable(rawget(q, "_cli")) == etcd.Client 
 
 --- recipes.new_queue(cli, pfx): a FIFO queue; items are pfx/<n>.
 function M.new_queue(cli, pfx)
-  check_obj(cli, etcd.Client, 1, "cli", "recipes.new_queue")
+  check.object(cli, etcd.Client, 1, "cli", "recipes.new_queue", 2)
   check.arg(pfx, "string", 2, "pfx", "recipes.new_queue", 2)
   return setmetatable({ _cli = cli, _pfx = pfx }, Queue)
 end
@@ -424,7 +414,7 @@ function PriorityQueue.__valid(q) return getmetatable(rawget(q, "_cli")) == etcd
 --- recipes.new_priority_queue(cli, pfx): items are pfx/<%05d priority>/<%016d n>;
 -- the lowest priority number comes out first, FIFO within one priority.
 function M.new_priority_queue(cli, pfx)
-  check_obj(cli, etcd.Client, 1, "cli", "recipes.new_priority_queue")
+  check.object(cli, etcd.Client, 1, "cli", "recipes.new_priority_queue", 2)
   check.arg(pfx, "string", 2, "pfx", "recipes.new_priority_queue", 2)
   return setmetatable({ _cli = cli, _pfx = pfx .. "/" }, PriorityQueue)
 end

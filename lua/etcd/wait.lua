@@ -185,10 +185,11 @@ function M.loop(cc, tok, dl, step)
   end
 end
 
---- wait.loop for a watch or a keep-alive `obj` (its client obj._cli, token
--- obj._tok, step obj._look), by one coroutine at a time: a second coroutine
--- waiting on it meanwhile is misuse, raised at `level` (1: the caller).
-function M.loop_alone(obj, dl, what, level)
+--- fn(...) (up to three results), by one coroutine at a time on `obj` (a
+-- watch, a keep-alive, an observer: its `_kind` names it): a second
+-- coroutine waiting on it meanwhile is misuse, raised at `level` (1: the
+-- caller).
+function M.alone(obj, what, level, fn, ...)
   local co = coroutine.running()
   local w = obj._waiter
   if w and w ~= co and coroutine.status(w) ~= "dead" then
@@ -196,10 +197,17 @@ function M.loop_alone(obj, dl, what, level)
       level + 1)
   end
   obj._waiter = co
-  local ok, a, b, c = pcall(M.loop, obj._cli._core, obj._tok, dl, obj._look)
+  local ok, a, b, c = pcall(fn, ...)
   obj._waiter = nil
   if not ok then error(a, 0) end
   return a, b, c
+end
+
+--- wait.loop for a watch or a keep-alive `obj` (its client obj._cli, token
+-- obj._tok, step obj._look), by one coroutine at a time (wait.alone).
+function M.loop_alone(obj, dl, what, level)
+  local a, b, c = M.alone(obj, what, level + 1, M.loop, obj._cli._core, obj._tok, dl, obj._look)
+  return a, b, c -- not a tail call: `level` counts this frame
 end
 
 --- An absolute deadline `seconds` from now (nil stays nil: no limit).
