@@ -130,6 +130,9 @@ M.Session = Session
 function Session.__valid(s) return rawget(s, "_ka") ~= nil end
 
 local LOST = "etcd: session lost (its lease expired or was revoked)"
+-- our key went (with its lease, or deleted): what a wait or its final look says
+local KEY_GONE = LOST .. " (the lock key is gone)"
+M._KEY_GONE = KEY_GONE
 
 --- Is the session's lease still kept alive? true, or nil, msg, code
 -- ("session_lost"; "closed" when the client was closed).
@@ -246,7 +249,7 @@ local function wait_none_before(s, pfx, sort, max_rev, dl, timeout, what, own, o
     if not ok then return nil, m, c end
     if mine then
       local ev = find_event(mine, DELETED)
-      if ev then return nil, LOST .. " (the lock key is gone)", "session_lost" end
+      if ev then return nil, KEY_GONE, "session_lost" end
       -- the watch ended (compacted, ...): the session's keep-alive still tells
       if ev == nil then mine = nil end
     end
@@ -379,7 +382,7 @@ function Mutex:_lock(timeout)
   end
   if #g.kvs == 0 or g.kvs[1].create_revision ~= self._rev then
     self._key, self._rev = nil, -1
-    return nil, LOST .. " (the lock key is gone)", "session_lost"
+    return nil, KEY_GONE, "session_lost"
   end
   self._hdr = g.header
   return true

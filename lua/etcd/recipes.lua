@@ -291,7 +291,7 @@ local function rw_lock(m, kind, wait_pfx, timeout, what)
     local g
     g, msg, code = m._cli:get(key, { timeout = first(m._cli, dl) })
     if g and #g.kvs == 1 and g.kvs[1].mod_revision == rev then return true end
-    if g then msg, code = "etcd: session lost (its lease expired or was revoked)", "session_lost" end
+    if g then msg, code = concurrency._KEY_GONE, "session_lost" end
   end
   m._cli:delete(key)
   m._key = nil
