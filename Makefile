@@ -302,18 +302,25 @@ fuzz: deps fuzz-deps
 
 # ---------------------------------------------------------------------------
 # Benchmarks (bench/): scripts against a throw-away etcd, printing ratios.
-#   make bench-keepalive   get p50 with none / BENCH_KA kept-alive leases, and
-#                          the time to close them (BENCH_KA, BENCH_GETS, BENCH_ROUNDS)
-
+#   make bench-keepalive   keepalive_scale, ours against etcd's Go client in
+#                          one run, rounds interleaved: BENCH_KA leases started
+#                          at once (default "20000 100000"), lost, first
+#                          answers, a get's p50 with / without, close, memory
+#                          (BENCH_ROUNDS, BENCH_TTL); results in bench/RESULTS.md
 #   make bench-coroutines  BENCH_N puts from BENCH_N coroutines vs in sequence
 #   make bench             both
+# The Go side builds offline against Debian's etcd 3.4 sources (GOPATH mode).
+BENCH_PKGS = golang-go golang-etcd-server-dev
 
-.PHONY: bench bench-keepalive bench-coroutines
+.PHONY: bench bench-keepalive bench-coroutines bench-deps
 bench: bench-coroutines bench-keepalive
 
-bench-keepalive: deps
+bench-deps:
+	@$(MAKE) --no-print-directory deps DEB_PKGS='$(BENCH_PKGS)'
+
+bench-keepalive: deps bench-deps
 	$(MAKE) all
-	$(LUA_ENV) $(LUA) bench/keepalive_get.lua
+	$(LUA_ENV) BENCH_LUA='$(LUA)' $(LUA) bench/keepalive.lua
 
 bench-coroutines: deps
 	$(MAKE) all

@@ -178,7 +178,8 @@ describe("keepalive", function()
 
   it("misuse raises", function()
     assert.has_error(function() cli:keepalive("1") end, "keepalive: bad argument #1 (id): integer expected, got string")
-    assert.has_error(function() cli:keepalive(1, { ttl = 1 }) end, "keepalive: unknown option 'ttl'")
+    assert.has_error(function() cli:keepalive(1, { lease = 1 }) end, "keepalive: unknown option 'lease'")
+    assert.has_error(function() cli:keepalive(1, { ttl = -1 }) end)
   end)
 end)
 

@@ -94,11 +94,17 @@ describe("a server that accepts connections and never answers", function()
   it("every kind of wait ends by its deadline with nil, msg, 'timeout'", function()
     local cli = assert(etcd.new { endpoints = { ep }, dial_timeout = 0, timeout = T })
     every_wait_ends(cli, ep, true)
-    -- a keep-alive that never got an answer is lost when its first wait ends
-    -- (dial_timeout + 1 s)
-    local ka = assert(cli:keepalive(1))
+    -- a keep-alive that never got an answer is lost when the TTL its caller
+    -- knows runs out; with none known it waits for etcd's word (a slow first
+    -- answer is no loss)
+    local ka = assert(cli:keepalive(1, { ttl = 1 }))
     local took, r, msg, code = timed(ka.next, ka, 10)
     assert_deadline("ka:next until the lease is given up", 1, took, r, msg, code, "lease_expired")
+    assert.matches("no answer from etcd before its TTL ran out", msg)
+    local ka2 = assert(cli:keepalive(2))
+    assert_deadline("ka:next of a lease of unknown TTL", 1.5, timed(ka2.next, ka2, 1.5))
+    assert.equal("alive", (ka2._h:state()))
+    ka2:close()
     cli:close()
   end)
 

@@ -154,13 +154,14 @@ function M.new_session(cli, opts)
   local o = check.options(opts, SESSION_OPTS, "concurrency.new_session", 2)
   local ttl = o.ttl or 60
   if ttl <= 0 then ttl = 60 end -- Go's WithTTL ignores a TTL <= 0
-  local id = o.lease
+  local id, granted = o.lease, nil
   if not id or id == 0 then -- 0 is Go's NoLease: grant one
     local res, msg, code = cli:grant(ttl, { timeout = o.timeout })
     if not res then return nil, msg, code end
-    id = res.id
+    id, granted = res.id, res.ttl
   end
-  local ka, msg, code = cli:keepalive(id)
+  -- a lease granted here is known to live `granted` seconds at most
+  local ka, msg, code = cli:keepalive(id, { ttl = granted })
   if not ka then return nil, msg, code end
   return setmetatable({ _cli = cli, _ka = ka, _id = id, _ttl = ttl }, Session)
 end

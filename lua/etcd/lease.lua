@@ -81,6 +81,7 @@ function KeepAlive:__tostring()
 end
 
 local CALL = { timeout = "seconds" }
+local KEEPALIVE = { timeout = "seconds", ttl = "seconds" }
 
 function M.install(Client)
   --- cli:grant(ttl, opts) -> { id, ttl, header }. opts: id (ask for this id), timeout.
@@ -132,13 +133,15 @@ function M.install(Client)
   --- cli:keepalive(id, opts) -> keep-alive object: the client's pump thread
   -- renews the lease on a shared stream (every TTL/3) with no Lua code
   -- running, until ka:close() or the lease is lost. opts: timeout (default
-  -- wait of ka:next; none by default).
+  -- wait of ka:next; none by default), ttl (the lease's TTL in seconds, when
+  -- the caller knows it, e.g. from its grant: the lease counts as lost if
+  -- etcd has not answered once before it runs out; unknown by default: then
+  -- only etcd's answer tells, however long the first one takes).
   function Client:keepalive(id, opts)
     check.self(self, Client, "keepalive", 2)
     id = check.arg(id, "integer", 1, "id", "keepalive", 2)
-    local o = check.options(opts, CALL, "keepalive", 2)
-    -- like Go: the first answer may take the dial timeout plus a second
-    local h, msg, code = self._core:_keepalive(id, self._dial_timeout + 1)
+    local o = check.options(opts, KEEPALIVE, "keepalive", 2)
+    local h, msg, code = self._core:_keepalive(id, o.ttl)
     if not h then return errors.fail(msg, code) end
     local ka = setmetatable({ _h = h, _tok = h:token(), _cli = self, _seen = 0, _timeout = o.timeout, id = id },
       KeepAlive)

@@ -161,9 +161,13 @@ uint64_t ec_stream_token(const ec_stream *s);
 
 /* ---- lease keep-alive -----------------------------------------------
  * The pump thread renews registered leases on the client's shared
- * LeaseKeepAlive stream: every 500 ms until etcd answers, then every TTL/3,
- * with no Lua code running. A lease is lost when etcd answers TTL 0 or no
- * answer comes before its TTL runs out. */
+ * LeaseKeepAlive stream every TTL/3, with no Lua code running. A lease is
+ * lost only when etcd answers TTL 0 (or "not found"), or when its TTL (the
+ * caller's hint, then etcd's last answer) runs out with no renewal
+ * confirmed. A renewal etcd has not answered is not sent again on the same
+ * stream (etcd answers every one); the stream is replaced when it breaks or
+ * when the oldest renewal goes unanswered too long, and only the renewals
+ * in flight on it are sent again. */
 
 typedef struct ec_lease ec_lease;
 enum { EC_KA_ALIVE = 0, EC_KA_EXPIRED = 1, EC_KA_CLOSED = 2 };
@@ -173,9 +177,19 @@ typedef struct ec_ka_response {
   uint64_t cluster_id, member_id, raft_term;
 } ec_ka_response;
 
-/* Start renewing lease `id`. `first_timeout_ms`: how long to wait for the
- * first answer before the lease counts as lost. */
-ec_lease *ec_keepalive_start(ec_client *c, int64_t id, int64_t first_timeout_ms,
+/* Counters of the keep-alive manager, for specs and benchmarks. */
+typedef struct ec_ka_stats {
+  uint64_t sent;     /* renewals written to a stream */
+  uint64_t answered; /* answers received */
+  uint64_t opens;    /* keep-alive streams opened */
+  uint64_t stalls;   /* streams replaced because an answer was overdue */
+  uint64_t queued, in_flight, alive; /* now */
+} ec_ka_stats;
+
+/* Start renewing lease `id`. `ttl_ms`: the lease's TTL if the caller knows
+ * it (from its grant), which bounds the wait for etcd's first answer; 0:
+ * unknown (etcd's first answer tells it). */
+ec_lease *ec_keepalive_start(ec_client *c, int64_t id, int64_t ttl_ms,
                              char *err, size_t errlen);
 /* State (EC_KA_*); *seq counts the answers so far, *latest is the newest.
  * `reason` gets why the lease is no longer alive. */
@@ -184,6 +198,7 @@ int ec_keepalive_state(ec_lease *l, uint64_t *seq, ec_ka_response *latest,
 /* Stop renewing (idempotent) and drop the caller's reference. */
 void ec_keepalive_release(ec_lease *l);
 size_t ec_client_nkeepalives(ec_client *c);
+void ec_client_ka_stats(ec_client *c, ec_ka_stats *out);
 uint64_t ec_keepalive_token(const ec_lease *l);
 
 /* ---- watch ------------------------------------------------------------

@@ -104,19 +104,35 @@ typedef struct ec_chan {
 
 /* The keep-alive manager (keepalive.c), driven by the pump thread. Leases
  * are found by id in a hash (chained; several keep-alives may renew one id);
- * each alive lease is a timer in the client's heap, due at its next send or
- * its expiry, so an answer, a renewal or a release costs O(log n), not a
- * scan of every lease. */
+ * each alive lease is a timer in the client's heap, due at its next renewal
+ * or its expiry. A due lease joins the send queue; each stream has at most a
+ * window of renewals in flight (etcd answers each, in order), and a stream
+ * more is opened (up to EC_KA_STREAMS) while the queue outgrows the windows,
+ * so starting, renewing, answering and closing cost O(1) or O(log n), and a
+ * crowd of due leases never crowds out the answers. */
 typedef struct ec_lease ec_lease;
-typedef struct ec_ka {
+typedef struct ec_lease_list {
+  ec_lease *head, *tail;
+} ec_lease_list;
+#define EC_KA_STREAMS 4
+typedef struct ec_ka_slot {
   ec_stream *stream;
-  int stream_ended;
-  int idle; /* we cancelled the stream: nothing needed it */
-  ec_timer reopen; /* when to open a new stream */
+  int ended;
+  ec_lease_list flight; /* sent on this stream, oldest first */
+  size_t nflight;
+  ec_timer stall; /* the oldest renewal in flight gets its answer by then */
+} ec_ka_slot;
+typedef struct ec_ka {
+  ec_ka_slot slots[EC_KA_STREAMS];
+  int idle;        /* we cancelled the streams: nothing needed them */
+  ec_timer reopen; /* after a break, no stream opens before this */
   ec_lease **buckets; /* hash by id; nbuckets is a power of two */
   size_t nbuckets;
   size_t n;      /* registered (alive or not, until released) */
-  size_t nalive; /* alive: renewed, and a timer in the heap */
+  size_t nalive; /* alive: renewed */
+  ec_lease_list queue; /* due, waiting for room in a window */
+  size_t nqueued;
+  ec_ka_stats stats;
 } ec_ka;
 
 /* The watch manager (watch.c), driven by the pump thread. */

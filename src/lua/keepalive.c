@@ -1,7 +1,7 @@
 /*
- * Keep-alives for Lua: client:_keepalive(id, first_timeout) -> ka;
+ * Keep-alives for Lua: client:_keepalive(id, ttl) -> ka;
  * ka:state(), ka:token(), ka:close() (also __gc and __close);
- * client:_nkeepalives().
+ * client:_nkeepalives(), client:_ka_stats().
  */
 #include "lua/binding.h"
 
@@ -10,13 +10,14 @@ typedef struct lka {
   lpressure *p;
 } lka;
 
-/* client:_keepalive(id, first_timeout_seconds) -> ka | nil, msg, code */
+/* client:_keepalive(id, ttl_seconds) -> ka | nil, msg, code. ttl: the
+ * lease's TTL when the caller knows it (nil or 0: unknown). */
 static int l_keepalive(lua_State *L) {
   int nret;
   ec_client *c = lb_live_client(L, &nret);
   if (!c) return nret;
   lua_Integer id = luaL_checkinteger(L, 2);
-  int64_t ms = lb_opt_ms(L, 3, 6000);
+  int64_t ms = lb_opt_ms(L, 3, 0);
   lpressure *p = lb_pressure_before_new(L, P_KA);
   lka *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->l = NULL;
@@ -95,6 +96,23 @@ static int l_nkeepalives(lua_State *L) {
   return 1;
 }
 
+/* client:_ka_stats() -> { sent, answered, opens, stalls, queued, in_flight, alive } */
+static int l_ka_stats(lua_State *L) {
+  lclient *u = lb_check_client(L);
+  ec_ka_stats st = {0};
+  if (u->c) ec_client_ka_stats(u->c, &st);
+  lua_createtable(L, 0, 7);
+  const struct { const char *k; uint64_t v; } f[] = {
+      {"sent", st.sent},     {"answered", st.answered}, {"opens", st.opens},
+      {"stalls", st.stalls}, {"queued", st.queued},     {"in_flight", st.in_flight},
+      {"alive", st.alive}};
+  for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+    lua_pushinteger(L, (lua_Integer)f[i].v);
+    lua_setfield(L, -2, f[i].k);
+  }
+  return 1;
+}
+
 void lb_open_keepalive(lua_State *L) {
   static const luaL_Reg methods[] = {{"state", k_state}, {"close", k_close},
                                      {"token", k_token}, {NULL, NULL}};
@@ -102,4 +120,5 @@ void lb_open_keepalive(lua_State *L) {
   lua_pop(L, 1);
   lb_client_method(L, "_keepalive", l_keepalive);
   lb_client_method(L, "_nkeepalives", l_nkeepalives);
+  lb_client_method(L, "_ka_stats", l_ka_stats);
 }
