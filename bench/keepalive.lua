@@ -15,7 +15,7 @@ local LUA = os.getenv("BENCH_LUA") or "lua5.4"
 local GO = "build/bench/keepalive"
 
 local FIELDS = { "grants_s", "start_s", "first_s", "lost", "get_none_us", "get_with_us", "close_ms",
-  "rss_per_lease_b" }
+  "rss_per_lease_b", "grant_cpu_us", "ka_cpu_us" }
 
 local function run(cmd)
   local p = assert(io.popen(cmd .. " 2>&1"))

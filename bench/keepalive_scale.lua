@@ -38,7 +38,7 @@ collectgarbage()
 local rss0 = rss_kib()
 
 -- grants, from 100 coroutines at once (as the Go side: 100 goroutines)
-local t0 = core.now()
+local t0, c0 = core.now(), os.clock() -- os.clock: CPU time of every thread
 local ids = {}
 for g = 0, 99 do
   etcd.spawn(function()
@@ -46,10 +46,10 @@ for g = 0, 99 do
   end)
 end
 etcd.run()
-local grants = core.now() - t0
+local grants, grant_cpu = core.now() - t0, os.clock() - c0
 
 -- every keep-alive started at once
-t0 = core.now()
+t0, c0 = core.now(), os.clock()
 local kas = {}
 for i = 1, N do kas[i] = assert(cli:keepalive(ids[i])) end
 local start = core.now() - t0
@@ -59,6 +59,7 @@ for i = 1, N do
   if not kas[i]:next(120) then lost = lost + 1 end
 end
 local first = core.now() - t0
+local ka_cpu = os.clock() - c0
 local with = p50(cli)
 local rss1 = rss_kib()
 
@@ -75,5 +76,6 @@ end
 etcd.run()
 cli:close()
 print(("RESULT client=lua n=%d grants_s=%.3f start_s=%.3f first_s=%.3f lost=%d get_none_us=%.1f"
-  .. " get_with_us=%.1f close_ms=%.1f rss_per_lease_b=%.0f")
-  :format(N, grants, start, first, lost, none * 1e6, with * 1e6, closing * 1e3, (rss1 - rss0) * 1024 / N))
+  .. " get_with_us=%.1f close_ms=%.1f rss_per_lease_b=%.0f grant_cpu_us=%.1f ka_cpu_us=%.1f")
+  :format(N, grants, start, first, lost, none * 1e6, with * 1e6, closing * 1e3, (rss1 - rss0) * 1024 / N,
+  grant_cpu / N * 1e6, ka_cpu / N * 1e6))

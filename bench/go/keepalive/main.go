@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/clientv3"
@@ -34,6 +35,13 @@ func rssKiB() int64 {
 		}
 	}
 	return 0
+}
+
+// CPU time of the whole process (every thread), seconds.
+func cpu() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
 
 func p50(cli *clientv3.Client, gets int) time.Duration {
@@ -68,7 +76,7 @@ func main() {
 	rss0 := rssKiB()
 
 	// grants, from 100 goroutines at once (as the Lua side: 100 coroutines)
-	t0 := time.Now()
+	t0, c0 := time.Now(), cpu()
 	ids := make([]clientv3.LeaseID, *n)
 	var wg sync.WaitGroup
 	for g := 0; g < 100; g++ {
@@ -85,10 +93,10 @@ func main() {
 		}(g)
 	}
 	wg.Wait()
-	grants := time.Since(t0)
+	grants, grantCPU := time.Since(t0), cpu()-c0
 
 	// every keep-alive started at once
-	t0 = time.Now()
+	t0, c0 = time.Now(), cpu()
 	chans := make([]<-chan *clientv3.LeaseKeepAliveResponse, *n)
 	cancels := make([]context.CancelFunc, *n)
 	for i := range ids {
@@ -114,6 +122,7 @@ func main() {
 		}
 	}
 	first := time.Since(t0)
+	kaCPU := cpu() - c0
 	// drain the channels from now on (Go's client drops answers a full
 	// channel cannot take, but an undrained channel is not how it is used)
 	for _, ch := range chans {
@@ -142,8 +151,9 @@ func main() {
 		}(g)
 	}
 	wg.Wait()
-	fmt.Printf("RESULT client=go n=%d grants_s=%.3f start_s=%.3f first_s=%.3f lost=%d get_none_us=%.1f get_with_us=%.1f close_ms=%.1f rss_per_lease_b=%.0f\n",
+	fmt.Printf("RESULT client=go n=%d grants_s=%.3f start_s=%.3f first_s=%.3f lost=%d get_none_us=%.1f get_with_us=%.1f close_ms=%.1f rss_per_lease_b=%.0f grant_cpu_us=%.1f ka_cpu_us=%.1f\n",
 		*n, grants.Seconds(), start.Seconds(), first.Seconds(), lost,
 		float64(none.Nanoseconds())/1e3, float64(with.Nanoseconds())/1e3,
-		float64(closing.Nanoseconds())/1e6, float64(rss1-rss0)*1024/float64(*n))
+		float64(closing.Nanoseconds())/1e6, float64(rss1-rss0)*1024/float64(*n),
+		grantCPU/float64(*n)*1e6, kaCPU/float64(*n)*1e6)
 }
