@@ -31,6 +31,8 @@ struct ec_call {
   ec_client *client;
   grpc_call *call; /* owned until the batch completes; guarded by client->mu */
   int chan;
+  int picked;         /* the client chose the channel (no endpoint given) */
+  int64_t timeout_ms; /* the call's deadline, from its start */
   int end;
   ec_call *prev, *next;
   /* the batch */
@@ -387,15 +389,34 @@ static int chan_rank(grpc_connectivity_state st) {
  * left a member that had died and come back idle for good: when the member
  * in use died in turn, no other channel was ever ready. (Go's balancer keeps
  * a connection to every endpoint the same way.) */
+static int chan_avoided(ec_client *c, size_t i, gpr_timespec *now, int *have_now) {
+  ec_chan *ch = &c->chans[i];
+  if (!ch->avoid) return 0;
+  if (!*have_now) {
+    *now = ec_now();
+    *have_now = 1;
+  }
+  if (gpr_time_cmp(*now, ch->avoid_until) < 0) return 1;
+  ch->avoid = 0; /* its time is up */
+  return 0;
+}
+
+/* A channel passed over (ec_chan_avoid_locked) ranks below one that is
+ * still connecting, above one that failed. */
+static int chan_score(ec_client *c, size_t i, gpr_timespec *now, int *have_now) {
+  int r = chan_rank(grpc_channel_check_connectivity_state(c->chans[i].channel, 1));
+  return chan_avoided(c, i, now, have_now) ? 2 * r - 3 : 2 * r;
+}
+
 size_t ec_pick_channel(ec_client *c) {
   size_t pick = c->current;
-  int best = chan_rank(
-      grpc_channel_check_connectivity_state(c->chans[pick].channel, 1));
-  if (best == 3) return pick;
+  gpr_timespec now;
+  int have_now = 0;
+  int best = chan_score(c, pick, &now, &have_now);
+  if (best == 6) return pick;
   for (size_t k = 1; k < c->nchan; k++) {
     size_t i = (c->current + k) % c->nchan;
-    int r = chan_rank(
-        grpc_channel_check_connectivity_state(c->chans[i].channel, 1));
+    int r = chan_score(c, i, &now, &have_now);
     if (r > best) {
       best = r;
       pick = i;
@@ -403,6 +424,27 @@ size_t ec_pick_channel(ec_client *c) {
   }
   c->current = pick;
   return pick;
+}
+
+void ec_chan_avoid_locked(ec_client *c, size_t i) {
+  if (i >= c->nchan || c->nchan < 2) return;
+  c->chans[i].avoid = 1;
+  c->chans[i].avoid_until = ec_after_ms(ec_now(), EC_AVOID_MS);
+  if (c->current == i) ec_pick_channel(c);
+}
+
+void ec_chan_answered_locked(ec_client *c, size_t i) {
+  if (i < c->nchan) c->chans[i].avoid = 0;
+}
+
+size_t ec_client_navoided(ec_client *c) {
+  size_t n = 0;
+  pthread_mutex_lock(&c->mu);
+  gpr_timespec now;
+  int have_now = 0;
+  for (size_t i = 0; i < c->nchan; i++) n += (size_t)chan_avoided(c, i, &now, &have_now);
+  pthread_mutex_unlock(&c->mu);
+  return n;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -789,6 +831,18 @@ static void unary_done(ec_tag *tag, int ok) {
   batch_cleanup(k);
 
   pthread_mutex_lock(&c->mu);
+  /* Evidence about the member. An answer: it is alive. A call of a second
+   * or more that ran out of time on a member whose connection is still up,
+   * not cancelled by us: it stopped answering (or is very slow); the next
+   * calls go to another member. */
+  if (k->status != GRPC_STATUS_DEADLINE_EXCEEDED && k->status != GRPC_STATUS_UNAVAILABLE &&
+      k->status != GRPC_STATUS_CANCELLED && k->status != GRPC_STATUS_UNKNOWN)
+    ec_chan_answered_locked(c, (size_t)k->chan);
+  else if (k->status == GRPC_STATUS_DEADLINE_EXCEEDED && k->picked && k->end == EC_END_NORMAL &&
+           k->timeout_ms >= 1000 && !c->closed &&
+           grpc_channel_check_connectivity_state(c->chans[k->chan].channel, 0) ==
+               GRPC_CHANNEL_READY)
+    ec_chan_avoid_locked(c, (size_t)k->chan);
   if (k->prev) k->prev->next = k->next;
   else c->inflight = k->next;
   if (k->next) k->next->prev = k->prev;
@@ -836,6 +890,8 @@ ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
     goto fail;
   }
   k->call = ec_create_call_locked(c, chan, path, timeout_ms, &k->chan);
+  k->picked = chan < 0;
+  k->timeout_ms = timeout_ms;
   if (!k->call) {
     pthread_mutex_unlock(&c->mu);
     snprintf(err, errlen, "cannot create a gRPC call");

@@ -114,6 +114,9 @@ int ec_client_need_auth(ec_client *c);
 void ec_client_auth_refreshed(ec_client *c);
 /* Number of calls in flight (for specs and leak checks). */
 size_t ec_client_inflight(ec_client *c);
+/* Number of channels passed over now: their member left a call or a
+ * keep-alive renewal unanswered past a bound while connected (for specs). */
+size_t ec_client_navoided(ec_client *c);
 
 /* Start a unary call. `chan` < 0 lets the client choose the channel.
  * `fail_fast`: fail at once on a channel that cannot connect (its status then

@@ -100,7 +100,21 @@ typedef struct ec_chan {
   char *target;
   int watching;
   gpr_timespec watch_until;
+  /* the member stopped answering (ec_chan_avoid_locked): other channels
+   * are preferred until avoid_until, or until it answers again */
+  int avoid;
+  gpr_timespec avoid_until;
 } ec_chan;
+
+/* How long a member that stopped answering is passed over. */
+#define EC_AVOID_MS 30000
+/* With c->mu held: the member behind channel i left a request unanswered
+ * past a bound while its connection stays open (stopped, or hung): calls and
+ * engine streams prefer the other channels for EC_AVOID_MS, or until it
+ * answers again. With no other channel ready, it is still used. */
+void ec_chan_avoid_locked(ec_client *c, size_t i);
+/* With c->mu held: an answer came from channel i. */
+void ec_chan_answered_locked(ec_client *c, size_t i);
 
 /* The keep-alive manager (keepalive.c), driven by the pump thread. Leases
  * are found by id in a hash (chained; several keep-alives may renew one id);
@@ -125,6 +139,7 @@ typedef struct ec_ka_slot {
 typedef struct ec_ka {
   ec_ka_slot slots[EC_KA_STREAMS];
   int idle;        /* we cancelled the streams: nothing needed them */
+  int reopen_now;  /* a stuck stream was let go: its successor opens at once */
   ec_timer reopen; /* after a break, no stream opens before this */
   ec_lease **buckets; /* hash by id; nbuckets is a power of two */
   size_t nbuckets;
@@ -145,6 +160,13 @@ typedef struct ec_wm {
   int reopen_now;
   int maybe_pending; /* some watch may be S_PENDING: next_create scans */
   ec_timer reopen; /* when to open a new stream */
+  /* Liveness: a stream silent for a while gets a progress request of ours;
+   * no message at all before the probe's bound means a stuck member. */
+  ec_timer probe;
+  gpr_timespec last_heard, probe_sent;
+  int probes;   /* our progress requests whose answers are still to come */
+  int probing;  /* one of them is outstanding and nothing was heard since */
+  uint64_t stalls;
   ec_watch *watches; /* singly linked */
   ec_watch *creating; /* the create in flight, if any */
 } ec_wm;
@@ -211,6 +233,8 @@ void ec_stream_cancel_locked(ec_stream *s);
  * is down. NULL when it cannot start (the manager tries again later). */
 ec_stream *ec_engine_stream_locked(ec_client *c, const char *path,
                                    const ec_stream_hooks *hooks);
+/* The channel a stream runs on. */
+int ec_stream_chan(const ec_stream *s);
 
 /* Copy metadata into a grpc_metadata array (NULL for none, or on OOM with
  * *ok = 0); ec_md_free releases it. */

@@ -10,7 +10,8 @@
  * its window has room; more open (up to EC_KA_STREAMS) while the queue
  * outgrows them. Streams carry require-leader metadata; one is replaced, on
  * a ready member, when it breaks or when its oldest renewal goes unanswered
- * too long (a stuck member), and then only the renewals that were in flight
+ * too long (a stuck member, which the client then passes over for a while:
+ * ec_chan_avoid_locked), and then only the renewals that were in flight
  * on it are sent again (while no member is up, a new try every
  * EC_REOPEN_MS). A lease is lost when etcd answers TTL 0, or
  * when its TTL (the caller's hint, then etcd's last answer, counted from
@@ -36,7 +37,7 @@
 /* The oldest renewal in flight unanswered this long (its lease's TTL/3,
  * within these bounds; the upper one while the TTL is unknown) means the
  * stream is stuck: it is replaced. */
-#define STALL_MIN_MS 2000
+#define STALL_MIN_MS 1500
 #define STALL_MAX_MS 5000
 
 enum { AT_IDLE = 0, AT_QUEUED = 1, AT_FLIGHT = 2 };
@@ -168,6 +169,15 @@ static void list_unlink(ec_lease_list *q, ec_lease *l) {
   l->prev = l->next = NULL;
 }
 
+static int64_t stall_ms(const ec_lease *l);
+
+/* The slot's stall timer follows its oldest renewal in flight. */
+static void arm_stall(ec_client *c, ec_ka_slot *k) {
+  ec_lease *h = k->flight.head;
+  if (h) ec_timer_set_locked(c, &k->stall, ec_after_ms(h->sent, stall_ms(h)));
+  else ec_timer_cancel_locked(c, &k->stall);
+}
+
 /* Out of the queue or its slot's in-flight list (a window slot frees). */
 static void detach(ec_client *c, ec_lease *l) {
   if (l->where == AT_QUEUED) {
@@ -175,8 +185,10 @@ static void detach(ec_client *c, ec_lease *l) {
     c->ka.nqueued--;
   } else if (l->where == AT_FLIGHT) {
     ec_ka_slot *k = &c->ka.slots[l->slot];
+    int was_head = k->flight.head == l;
     list_unlink(&k->flight, l);
     k->nflight--;
+    if (was_head) arm_stall(c, k);
   }
   l->where = AT_IDLE;
 }
@@ -288,8 +300,7 @@ static void pump(ec_client *c, gpr_timespec now) {
     list_push(&k->flight, l);
     k->nflight++;
     ka->stats.sent++;
-    /* the stall timer follows the oldest in flight (lazily: see stall_due) */
-    if (!k->stall.idx) ec_timer_set_locked(c, &k->stall, ec_after_ms(now, stall_ms(l)));
+    if (k->flight.head == l) arm_stall(c, k);
   }
 }
 
@@ -320,6 +331,7 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
    * the answer to the oldest renewal of this id in flight on it */
   ec_ka_slot *k = slot_of(c, s);
   int slot = k && slot_live(k) ? (int)(k - c->ka.slots) : -1, freed = 0;
+  if (slot >= 0) ec_chan_answered_locked(c, (size_t)ec_stream_chan(s)); /* it answers */
   gpr_timespec now = ec_now();
   ec_lease *next;
   for (ec_lease *l = c->ka.buckets[bucket_of(&c->ka, r->id)]; l; l = next) {
@@ -393,16 +405,21 @@ static void lease_due(ec_client *c, ec_timer *t) {
 static void stall_due(ec_client *c, ec_timer *t) {
   ec_ka_slot *k = (ec_ka_slot *)((char *)t - offsetof(ec_ka_slot, stall));
   ec_lease *h = k->flight.head;
-  if (!h || !slot_live(k)) return;
-  gpr_timespec due = ec_after_ms(h->sent, stall_ms(h)), now = ec_now();
-  if (gpr_time_cmp(now, due) < 0) {
+  /* with one member there is nowhere else to go (see watch.c's probe) */
+  if (!h || !slot_live(k) || c->nchan < 2) return;
+  gpr_timespec due = ec_after_ms(h->sent, stall_ms(h));
+  if (gpr_time_cmp(ec_now(), due) < 0) { /* (not expected: armed for the head) */
     ec_timer_set_locked(c, &k->stall, due);
     return;
   }
   c->ka.stats.stalls++;
   requeue_flight(c, k);
+  /* its member is passed over for a while (calls too), and the new stream
+   * opens at once, elsewhere: no back-off, this was no break */
+  ec_chan_avoid_locked(c, (size_t)ec_stream_chan(k->stream));
   ec_stream_cancel_locked(k->stream);
   k->ended = 1;
+  c->ka.reopen_now = 1;
 }
 
 /* The reopen timer only wakes the pump: the tick opens the stream. */
@@ -425,8 +442,9 @@ static int reap_slots(ec_client *c, ec_stream **dead, int all, gpr_timespec now)
     requeue_flight(c, k);
     broke = 1;
   }
-  if (broke && !c->ka.idle && !all)
+  if (broke && !c->ka.idle && !all && !c->ka.reopen_now)
     ec_timer_set_locked(c, &c->ka.reopen, ec_after_ms(now, EC_REOPEN_MS));
+  c->ka.reopen_now = 0;
   return n;
 }
 

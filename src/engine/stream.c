@@ -37,6 +37,8 @@ struct ec_stream {
   void *hook_ud;
 };
 
+int ec_stream_chan(const ec_stream *s) { return s->chan; }
+
 static void stream_unref(ec_stream *s) {
   if (atomic_fetch_sub(&s->refs, 1) != 1) return;
   ec_queue_clear(&s->in);

@@ -25,6 +25,13 @@
 #define HIGH_COUNT 1024
 #define HIGH_BYTES ((size_t)8 << 20)
 #define MAX_DEPTH 64
+/* A stream silent this long (while a watch is on it) gets a progress
+ * request; with no message at all PROBE_MS after it, its member is taken
+ * for stuck (stopped, hung: its TCP connection open, gRPC's keepalive would
+ * take ~40 s): the member is passed over and the watches move to a new
+ * stream, resuming from their last revision. */
+#define SILENT_MS 5000
+#define PROBE_MS 3000
 
 enum {
   S_PENDING,  /* a create is to be sent */
@@ -302,6 +309,9 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
   /* After close (every watch is closed), a response still on its way must not
    * bring a watch back to life, e.g. a late "created" to S_ACTIVE. */
   if (c->closed || s != c->wm.stream) return;
+  c->wm.last_heard = ec_now(); /* the member is alive */
+  c->wm.probing = 0;
+  ec_chan_answered_locked(c, (size_t)ec_stream_chan(s));
   if (ec_pb_check_depth(&etcdserverpb__watch_response__descriptor,
                         (const uint8_t *)data, len, MAX_DEPTH) != EC_PB_OK) {
     ec_stream_cancel_locked(s); /* unreadable: start over on a new stream */
@@ -352,10 +362,16 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
     }
     next_create_locked(c);
   } else if (r->watch_id == -1) {
-    /* An answer to a progress request: for every watch on the stream. */
-    for (ec_watch *w = c->wm.watches; w; w = w->next)
-      if (w->state == S_ACTIVE || w->state == S_PAUSING)
-        queue_push(w, data, len);
+    /* An answer to a progress request: for every watch on the stream, but
+     * the answers to our own probes (etcd answers each request once, in
+     * order: which of two is whose does not matter, they say the same). */
+    if (c->wm.probes > 0) {
+      c->wm.probes--;
+    } else {
+      for (ec_watch *w = c->wm.watches; w; w = w->next)
+        if (w->state == S_ACTIVE || w->state == S_PAUSING)
+          queue_push(w, data, len);
+    }
   } else {
     ec_watch *w = find_live(c, r->watch_id);
     /* Unless the user asked for joined fragments, pieces go to Lua as they
@@ -410,17 +426,75 @@ static int reopen_due_now(ec_client *c, gpr_timespec now) {
   return !c->wm.reopen.idx || gpr_time_cmp(now, c->wm.reopen.at) >= 0;
 }
 
+/* ---- liveness (c->mu held) --------------------------------------------- */
+
+static int any_live(const ec_client *c);
+
+static void send_probe_locked(ec_client *c, gpr_timespec now) {
+  static const uint8_t req[] = {0x1a, 0x00}; /* WatchRequest.progress_request */
+  if (ec_stream_write_locked(c->wm.stream, req, sizeof req) != 0) return;
+  c->wm.probes++;
+  if (!c->wm.probing) {
+    c->wm.probing = 1;
+    c->wm.probe_sent = now;
+  }
+  ec_timer_set_locked(c, &c->wm.probe, ec_after_ms(c->wm.probe_sent, PROBE_MS));
+}
+
+/* The probe timer: silent too long, probe; probed and still nothing, the
+ * member is stuck: let the stream go (the tick opens another, elsewhere). */
+static void probe_due(ec_client *c, ec_timer *t) {
+  (void)t;
+  /* with one member there is nowhere else to go: gRPC's keepalive ends a
+   * dead connection, and a stopped member answers again once it resumes */
+  if (c->closed || !c->wm.stream || c->wm.stream_ended || !any_live(c) || c->nchan < 2)
+    return;
+  gpr_timespec now = ec_now();
+  if (c->wm.probing) {
+    gpr_timespec bound = ec_after_ms(c->wm.probe_sent, PROBE_MS);
+    if (gpr_time_cmp(now, bound) < 0) {
+      ec_timer_set_locked(c, &c->wm.probe, bound);
+      return;
+    }
+    c->wm.stalls++;
+    ec_chan_avoid_locked(c, (size_t)ec_stream_chan(c->wm.stream));
+    ec_stream_cancel_locked(c->wm.stream);
+    c->wm.reopen_now = 1;
+    return;
+  }
+  gpr_timespec quiet_until = ec_after_ms(c->wm.last_heard, SILENT_MS);
+  if (gpr_time_cmp(now, quiet_until) < 0) {
+    ec_timer_set_locked(c, &c->wm.probe, quiet_until);
+    return;
+  }
+  send_probe_locked(c, now);
+}
+
 static void open_locked(ec_client *c, gpr_timespec now) {
   c->wm.stream = ec_engine_stream_locked(c, WATCH_PATH, &WATCH_HOOKS);
   c->wm.stream_ended = 0;
   c->wm.creating = NULL;
-  if (c->wm.stream) ec_timer_cancel_locked(c, &c->wm.reopen);
-  else reopen_at(c, ec_after_ms(now, EC_REOPEN_MS));
+  c->wm.probes = 0;
+  c->wm.probing = 0;
+  c->wm.last_heard = now;
+  c->wm.probe.fire = probe_due;
+  if (c->wm.stream) {
+    ec_timer_cancel_locked(c, &c->wm.reopen);
+    ec_timer_set_locked(c, &c->wm.probe, ec_after_ms(now, SILENT_MS));
+  } else {
+    reopen_at(c, ec_after_ms(now, EC_REOPEN_MS));
+  }
 }
 
 static int needs_stream(int state) {
   return state == S_PENDING || state == S_CREATING || state == S_ACTIVE ||
          state == S_PAUSING || state == S_PAUSED;
+}
+
+static int any_live(const ec_client *c) {
+  for (const ec_watch *w = c->wm.watches; w; w = w->next)
+    if (needs_stream(w->state) && !w->closing) return 1;
+  return 0;
 }
 
 /* ---- pump ------------------------------------------------------------- */
@@ -486,6 +560,11 @@ static void wm_tick(ec_client *c) {
     idle_cancel_locked(c);
   } else if (live && !c->wm.stream && reopen_due_now(c, now)) {
     open_locked(c, now);
+  } else if (live && c->wm.stream && !c->wm.stream_ended && !c->wm.probing &&
+             c->chans[ec_stream_chan(c->wm.stream)].avoid) {
+    /* its member was caught not answering (a call, a keep-alive): ask now;
+     * any message from it clears the mark */
+    send_probe_locked(c, now);
   }
   next_create_locked(c);
   pthread_mutex_unlock(&c->mu);
@@ -496,6 +575,7 @@ static void wm_tick(ec_client *c) {
  * already, and what it had queued goes (no read returns it any more). */
 static void wm_close_all_locked(ec_client *c) {
   ec_timer_cancel_locked(c, &c->wm.reopen);
+  ec_timer_cancel_locked(c, &c->wm.probe);
   for (ec_watch *w = c->wm.watches; w; w = w->next) {
     end_locked(w, S_CLOSED, 0, "client closed");
     ec_queue_clear(&w->q);
