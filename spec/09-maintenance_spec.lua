@@ -136,3 +136,78 @@ describe("cluster and maintenance", function()
       [[alarm_disarm: alarm.alarm: expected one of "corrupt", "none", "nospace", got "fire"]])
   end)
 end)
+
+describe("snapshot", function()
+  local srv, cli
+  helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
+
+  local function exists(p)
+    local f = io.open(p, "rb")
+    if f then f:close() end
+    return f ~= nil
+  end
+
+  it("saves the member's database, which etcdctl restores into a new member holding the same keys", function()
+    for i = 1, 500 do assert(cli:put("snap/" .. i, ("v%d"):format(i) .. string.rep("x", 100))) end
+    local last = assert(cli:put("snap/last", "end"))
+    local dir = helpers.tmpdir()
+    local path = dir .. "/s.db"
+    local r = assert(cli:snapshot(path))
+    assert.equal(srv.endpoint, r.endpoint)
+    assert.equal(last.header.revision, r.revision)
+    assert.equal(last.header.member_id, r.member_id)
+    local data = assert(helpers.read_file(path))
+    assert.equal(#data, r.size)
+    assert.is_false(exists(path .. ".part"))
+    -- etcdctl reads it as a snapshot at that revision
+    local ok, out, err = helpers.etcdctl(srv, "snapshot", "status", path, "-w", "json")
+    assert.is_true(ok, err)
+    assert.equal(tostring(r.revision), out:match('"revision":(%d+)'))
+    -- and restores it (checking etcd's SHA-256 at its end) into a new member
+    local srv2 = helpers.start_etcd {}
+    srv2:stop { keep_data = true }
+    assert(os.execute("rm -rf '" .. srv2.data_dir .. "'"))
+    ok, out, err = helpers.etcdctl(srv2, "snapshot", "restore", path, "--data-dir", srv2.data_dir,
+      "--name", srv2.name, "--initial-cluster", srv2.initial_cluster,
+      "--initial-cluster-token", srv2.token, "--initial-advertise-peer-urls", srv2.peer_url)
+    assert.is_true(ok, tostring(out) .. tostring(err))
+    local c2
+    local pok, perr = pcall(function()
+      srv2:restart()
+      c2 = assert(etcd.new { endpoints = srv2.endpoints })
+      local g = assert(c2:get("snap/", { prefix = true, count_only = true }))
+      assert.equal(501, g.count)
+      assert.equal("v250" .. string.rep("x", 100), assert(c2:get("snap/250")).kvs[1].value)
+      assert.equal(r.revision, g.header.revision)
+    end)
+    if c2 then c2:close() end
+    srv2:stop()
+    assert(pok, perr)
+  end)
+
+  it("a failed snapshot leaves no file behind: a directory that does not exist, a deadline too short", function()
+    local dir = helpers.tmpdir()
+    local res, msg, code = cli:snapshot(dir .. "/nowhere/s.db")
+    assert.is_nil(res)
+    assert.equal("io_error", code, msg)
+    assert.matches("cannot write", msg)
+    -- a database of ~4 MB cannot come in a millisecond
+    for i = 1, 200 do assert(cli:put("big/" .. i, string.rep("y", 20000))) end
+    local path = dir .. "/short.db"
+    res, msg, code = cli:snapshot(path, { timeout = 0.001 })
+    assert.is_nil(res)
+    assert.equal("timeout", code, msg)
+    assert.is_false(exists(path))
+    assert.is_false(exists(path .. ".part"))
+    -- the client goes on
+    assert(cli:snapshot(path))
+    assert.is_true(exists(path))
+  end)
+
+  it("misuse raises", function()
+    assert.has_error(function() cli:snapshot() end, "snapshot: bad argument #1 (path): string expected, got nil")
+    assert.has_error(function() cli:snapshot("x", { endpoint = "127.0.0.1:1" }) end,
+      [[snapshot: option 'endpoint': "127.0.0.1:1" is not one of the client's endpoints]])
+    assert.has_error(function() cli:snapshot("x", { size = 1 }) end, "snapshot: unknown option 'size'")
+  end)
+end)

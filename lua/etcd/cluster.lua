@@ -1,7 +1,9 @@
 --- Cluster membership and maintenance: member_list/add/remove/update/promote,
--- status, alarm_list/alarm_disarm, defragment, hash_kv, move_leader.
+-- status, alarm_list/alarm_disarm, defragment, hash_kv, move_leader, snapshot.
 -- Calls that concern one member take one of the client's endpoints.
 local check = require "etcd.check"
+local wait = require "etcd.wait"
+local errors = require "etcd.errors"
 
 local M = {}
 
@@ -126,6 +128,86 @@ function M.install(Client)
       end
     end
     return self:_call("Maintenance.MoveLeader", { target_id = id }, o.timeout)
+  end
+
+  --- cli:snapshot(path, opts) -> { size, revision, member_id, endpoint }: one
+  -- member's whole database (etcd's Maintenance.Snapshot, as `etcdctl
+  -- snapshot save`), streamed to the file `path`: written to `path .. ".part"`
+  -- and renamed once complete, so `path` is never a partial snapshot. The
+  -- file ends with etcd's SHA-256 of the data, which `etcdctl snapshot
+  -- restore` checks. `revision`: the member's revision just before the
+  -- snapshot began (everything up to it is in the file). opts: endpoint (one
+  -- of cli:endpoints(); default: the one in use), timeout (the whole
+  -- transfer; default: 60 s or the client's timeout if longer).
+  function Client:snapshot(path, opts)
+    check.self(self, Client, "snapshot", 2)
+    check.arg(path, "text", 1, "path", "snapshot", 2)
+    local o = check.options(opts, { endpoint = "string", timeout = "seconds" }, "snapshot", 2)
+    local i
+    if o.endpoint then
+      local want = o.endpoint:gsub("^https?://", ""):gsub("/$", "")
+      for k, e in ipairs(self._endpoints) do if e == want then i = k end end
+      if not i then
+        check.fail(("snapshot: option 'endpoint': %q is not one of the client's endpoints"):format(o.endpoint), 2)
+      end
+    else
+      i = self._core:_current()
+    end
+    local timeout = o.timeout or math.max(60, self._timeout)
+    local dl = wait.now() + timeout
+    local st, msg, code = self:_call("Maintenance.Status", {}, timeout, i)
+    if not st then return nil, msg, code end
+    local tmp = path .. ".part"
+    local f, ferr = io.open(tmp, "wb")
+    if not f then return nil, "etcd: snapshot: cannot write " .. tostring(ferr), "io_error" end
+    local cc = self._core
+    local s
+    s, msg, code = cc:_stream("Maintenance.Snapshot", math.max(0, dl - wait.now()), self._md, i)
+    local size, total, res = 0, nil, nil
+    if s then
+      s:write {}
+      s:close_send()
+      while true do
+        local r, m2, c2 = wait.loop(cc, s:token(), dl, function() return s:read() end)
+        if r == wait.TIMEOUT then
+          msg, code = "etcd: snapshot: no end before the deadline", "timeout"
+          break
+        elseif not r then
+          -- the stream ended: complete only with every byte and etcd's hash
+          if total and size == total + 32 then
+            res = true
+          elseif c2 == "closed" and m2 == "etcd: stream ended" then
+            msg, code = ("etcd: snapshot: the stream ended after %d bytes of %s"):format(size,
+              total and tostring(total + 32) or "?"), "DATA_LOSS"
+          else
+            msg, code = m2, errors.classify(m2, c2)
+          end
+          break
+        end
+        if not total then total = r.remaining_bytes + #r.blob end
+        local ok, werr = f:write(r.blob)
+        if not ok then
+          msg, code = "etcd: snapshot: cannot write " .. tostring(werr), "io_error"
+          break
+        end
+        size = size + #r.blob
+      end
+      s:close()
+    else
+      code = errors.classify(msg, code)
+    end
+    local ok, cerr = f:close()
+    if res and not ok then res, msg, code = nil, "etcd: snapshot: cannot write " .. tostring(cerr), "io_error" end
+    if res then
+      local rok, rerr = os.rename(tmp, path)
+      if not rok then res, msg, code = nil, "etcd: snapshot: cannot rename: " .. tostring(rerr), "io_error" end
+    end
+    if not res then
+      os.remove(tmp)
+      return nil, msg, code
+    end
+    return { size = size, revision = st.header.revision, member_id = st.header.member_id,
+             endpoint = self._endpoints[i] }
   end
 end
 

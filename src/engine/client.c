@@ -625,6 +625,13 @@ int ec_client_closed(const ec_client *c) {
 long ec_client_pid(const ec_client *c) { return c->pid; }
 int ec_client_fd(const ec_client *c) { return c->efd; }
 size_t ec_client_nchannels(const ec_client *c) { return c->nchan; }
+
+size_t ec_client_current(ec_client *c) {
+  pthread_mutex_lock(&c->mu);
+  size_t i = c->closed ? c->current : ec_pick_channel(c);
+  pthread_mutex_unlock(&c->mu);
+  return i;
+}
 const char *ec_client_target(const ec_client *c, size_t i) {
   return i < c->nchan ? c->chans[i].target : NULL;
 }

@@ -72,6 +72,8 @@ int ec_client_closed(const ec_client *c);
 long ec_client_pid(const ec_client *c);
 int ec_client_fd(const ec_client *c);
 size_t ec_client_nchannels(const ec_client *c);
+/* The channel the next call would go to (0-based). */
+size_t ec_client_current(ec_client *c);
 const char *ec_client_target(const ec_client *c, size_t i);
 
 /* Start connecting every channel and watch them until `timeout_ms` from now;

@@ -267,6 +267,13 @@ static int l_inflight(lua_State *L) {
   return 1;
 }
 
+/* client:_current() -> 1-based index of the endpoint the next call goes to */
+static int l_current(lua_State *L) {
+  lclient *u = lb_check_client(L);
+  lua_pushinteger(L, u->c ? (lua_Integer)ec_client_current(u->c) + 1 : 1);
+  return 1;
+}
+
 static int l_navoided(lua_State *L) {
   lclient *u = lb_check_client(L);
   lua_pushinteger(L, u->c ? (lua_Integer)ec_client_navoided(u->c) : 0);
@@ -374,7 +381,7 @@ void lb_open_client(lua_State *L) {
       {"close", l_close},         {"pollfd", l_pollfd},
       {"_dial", l_dial},          {"_ready", l_ready},
       {"_wait", l_wait},          {"_inflight", l_inflight},
-      {"_navoided", l_navoided},
+      {"_navoided", l_navoided}, {"_current", l_current},
       {"_closed", l_closed},      {"_nstreams", l_nstreams},
       {"_set_metadata", l_set_metadata}, {"_need_auth", l_need_auth},
       {"_auth_refreshed", l_auth_refreshed}, {"_reap", l_reap},

@@ -1,7 +1,7 @@
 /*
- * Bidirectional streams for Lua: client:_stream(method, seconds, metadata)
- * -> stream; stream:write(request), stream:read(), stream:token(),
- * stream:close() (also __gc and __close).
+ * Bidirectional streams for Lua: client:_stream(method, seconds, metadata,
+ * endpoint) -> stream; stream:write(request), stream:close_send(),
+ * stream:read(), stream:token(), stream:close() (also __gc and __close).
  */
 #include "lua/binding.h"
 #include "lua/pbconv.h"
@@ -11,13 +11,17 @@ typedef struct lstream {
   const ProtobufCMessageDescriptor *in, *out;
 } lstream;
 
-/* client:_stream(method, seconds|nil, metadata) -> stream | nil, msg, code */
+/* client:_stream(method, seconds|nil, metadata, endpoint) -> stream | nil,
+ * msg, code. endpoint: 1-based index; nil/0: the client chooses. */
 static int l_stream(lua_State *L) {
   int nret;
   ec_client *c = lb_live_client(L, &nret);
   if (!c) return nret;
   const lb_method *m = lb_check_method(L, 2, 1);
   int64_t ms = lb_opt_ms(L, 3, -1);
+  lua_Integer ci = luaL_optinteger(L, 5, 0);
+  if (ci < 0 || ci > EC_MAX_ENDPOINTS) return luaL_argerror(L, 5, "endpoint index out of range");
+  lua_settop(L, 4);
   ec_metadata md[EC_MAX_METADATA];
   size_t nmd = lb_read_metadata(L, 4, md);
   lstream *u = lua_newuserdatauv(L, sizeof *u, 0);
@@ -26,7 +30,7 @@ static int l_stream(lua_State *L) {
   u->out = m->out;
   luaL_setmetatable(L, STREAM_MT);
   char err[256];
-  u->s = ec_stream_start(c, m->path, ms, -1, md, nmd, err, sizeof err);
+  u->s = ec_stream_start(c, m->path, ms, (int)ci - 1, md, nmd, err, sizeof err);
   if (!u->s) return lb_push_fail(L, err, ec_client_closed(c) ? "closed" : "INTERNAL");
   return 1;
 }
@@ -76,6 +80,13 @@ static int s_read(lua_State *L) {
   return 1;
 }
 
+/* stream:close_send(): no more requests (after the queued ones) */
+static int s_close_send(lua_State *L) {
+  lstream *u = check_stream(L);
+  if (u->s) ec_stream_close_send(u->s);
+  return 0;
+}
+
 static int s_token(lua_State *L) {
   lstream *u = check_stream(L);
   lua_pushinteger(L, u->s ? (lua_Integer)ec_stream_token(u->s) : 0);
@@ -91,8 +102,11 @@ static int s_close(lua_State *L) {
 }
 
 void lb_open_stream(lua_State *L) {
-  static const luaL_Reg methods[] = {{"write", s_write}, {"read", s_read},
-                                     {"close", s_close}, {"token", s_token},
+  static const luaL_Reg methods[] = {{"write", s_write},
+                                     {"read", s_read},
+                                     {"close", s_close},
+                                     {"close_send", s_close_send},
+                                     {"token", s_token},
                                      {NULL, NULL}};
   lb_new_class(L, STREAM_MT, methods, s_close, s_close);
   lua_pop(L, 1);
