@@ -211,3 +211,73 @@ describe("snapshot", function()
     assert.has_error(function() cli:snapshot("x", { size = 1 }) end, "snapshot: unknown option 'size'")
   end)
 end)
+
+describe("endpoint_status and endpoint_health", function()
+  local cluster, cli
+  setup(function()
+    cluster = helpers.start_cluster(3)
+    cli = assert(etcd.new { endpoints = cluster.endpoints, timeout = 2 })
+  end)
+  teardown(function()
+    if cli then cli:close() end
+    if cluster then
+      for _, m in ipairs(cluster.members) do if m:is_running() then m:resume() end end
+      cluster:stop()
+    end
+  end)
+
+  it("every member at once: its status (one leader), and healthy", function()
+    local ids = {}
+    for _, m in ipairs(assert(cli:member_list()).members) do ids[m.id] = true end
+    local st = cli:endpoint_status()
+    assert.equal(3, #st)
+    local leaders = 0
+    for i, e in ipairs(st) do
+      assert.equal(cluster.endpoints[i], e.endpoint)
+      assert.is_nil(e.error)
+      assert.is_true(ids[e.id], "unknown member id")
+      assert.matches("^3%.4", e.version)
+      assert.is_true(e.db_size > 0 and e.raft_index > 0 and e.took >= 0)
+      if e.is_leader then leaders = leaders + 1 end
+      assert.equal(st[1].leader, e.leader)
+    end
+    assert.equal(1, leaders)
+    local h = cli:endpoint_health()
+    for i, e in ipairs(h) do
+      assert.same({ cluster.endpoints[i], true }, { e.endpoint, e.health })
+      assert.is_nil(e.error)
+    end
+  end)
+
+  it("a member killed is unhealthy at once; one stopped is unhealthy by the deadline; the others stay healthy", function()
+    local li = assert(cluster:leader_index())
+    local dead, stopped = li % 3 + 1, (li + 1) % 3 + 1 -- two followers
+    cluster.members[dead]:kill()
+    cluster.members[stopped]:pause()
+    local t0 = require("etcd.core").now()
+    local h = cli:endpoint_health { timeout = 1.5 }
+    local took = require("etcd.core").now() - t0
+    assert.is_true(took < 1.5 + 1.5 * helpers.slowdown, "took " .. took)
+    assert.is_false(h[dead].health)
+    assert.equal("UNAVAILABLE", h[dead].code, h[dead].error)
+    assert.is_false(h[stopped].health)
+    assert.equal("timeout", h[stopped].code, h[stopped].error)
+    -- the leader alone has no quorum now: its linearizable get cannot finish
+    assert.is_false(h[li].health)
+    local st = cli:endpoint_status { timeout = 1.5 }
+    assert.is_nil(st[li].error) -- a status needs no quorum: it answers
+    assert.equal("UNAVAILABLE", st[dead].code)
+    assert.equal("timeout", st[stopped].code)
+    cluster.members[stopped]:resume()
+    cluster:restart()
+    assert.is_true(helpers.eventually(10, function()
+      for _, e in ipairs(cli:endpoint_health { timeout = 1 }) do if not e.health then return false end end
+      return true
+    end))
+  end)
+
+  it("misuse raises", function()
+    assert.has_error(function() cli:endpoint_health { endpoint = "x" } end, "endpoint_health: unknown option 'endpoint'")
+    assert.has_error(function() cli.endpoint_status() end)
+  end)
+end)

@@ -1,9 +1,11 @@
 --- Cluster membership and maintenance: member_list/add/remove/update/promote,
--- status, alarm_list/alarm_disarm, defragment, hash_kv, move_leader, snapshot.
+-- status, alarm_list/alarm_disarm, defragment, hash_kv, move_leader, snapshot,
+-- endpoint_status and endpoint_health (every endpoint at once).
 -- Calls that concern one member take one of the client's endpoints.
 local check = require "etcd.check"
 local wait = require "etcd.wait"
 local errors = require "etcd.errors"
+local rpc = require "etcd.rpc"
 
 local M = {}
 
@@ -26,6 +28,59 @@ local function urls(list, n, name, fname)
   check.list(list, ("%s: bad argument #%d (%s)"):format(fname, n, name), 3)
   for i, u in ipairs(list) do check.arg(u, "text", n, ("%s[%d]"):format(name, i), fname, 3) end
   return list
+end
+
+-- One call of `method` to each of the client's endpoints at once, failing
+-- fast on a member that is down. Returns, per endpoint index, { res } or
+-- { nil, msg, code }, with `took` (seconds until it was seen done).
+local function each_endpoint(cli, method, req, timeout)
+  local cc, md = cli._core, cli._md
+  local t0 = wait.now()
+  local dl = t0 + timeout
+  local out, calls, toks = {}, {}, {}
+  for i = 1, #cli._endpoints do
+    local h, msg, code = cc:_unary(method, req, timeout, md, i, true)
+    if h then
+      calls[i] = h
+      toks[#toks + 1] = h:token()
+    else
+      out[i] = { nil, msg, errors.classify(msg, code), took = 0 }
+    end
+  end
+  local left = #toks
+  while left > 0 do
+    local r = wait.loop(cc, toks, dl + 1, function()
+      local seen = false
+      for i, h in pairs(calls) do
+        if not out[i] and h:done() then
+          local res, msg, code = h:result()
+          if res then out[i] = { res } else out[i] = { errors.fail(msg, code) } end
+          out[i].took = wait.now() - t0
+          left, seen = left - 1, true
+        end
+      end
+      return seen or false
+    end)
+    if r == wait.TIMEOUT then
+      for i, h in pairs(calls) do
+        if not out[i] then
+          h:cancel()
+          out[i] = { nil, "etcd: no answer before the deadline", "timeout", took = wait.now() - t0 }
+        end
+      end
+      break
+    end
+  end
+  -- refused for the token: log in again (shared) and ask that one again
+  for i = 1, #cli._endpoints do
+    local o = out[i]
+    if not o[1] and cli._login and rpc.auth_refusal(o[2]) then
+      local t1 = wait.now()
+      out[i] = { rpc.call(cli, method, req, math.max(0, dl - t1), i) }
+      out[i].took = o.took + wait.now() - t1
+    end
+  end
+  return out
 end
 
 function M.install(Client)
@@ -128,6 +183,52 @@ function M.install(Client)
       end
     end
     return self:_call("Maintenance.MoveLeader", { target_id = id }, o.timeout)
+  end
+
+  --- cli:endpoint_status(opts) -> list, one entry per endpoint, in order:
+  -- { endpoint, id, version, db_size, db_size_in_use, leader, is_leader,
+  -- is_learner, raft_term, raft_index, raft_applied_index, errors, header,
+  -- took } (etcd's StatusResponse and who answered), or { endpoint, error,
+  -- code, took } for a member that did not answer. Every endpoint is asked at
+  -- once (as `etcdctl endpoint status --cluster` without the discovery);
+  -- opts.timeout bounds the whole.
+  function Client:endpoint_status(opts)
+    check.self(self, Client, "endpoint_status", 2)
+    local o = check.options(opts, CALL, "endpoint_status", 2)
+    local out = each_endpoint(self, "Maintenance.Status", {}, o.timeout or self._timeout)
+    local list = {}
+    for i, ep in ipairs(self._endpoints) do
+      local r, e = out[i][1], { endpoint = ep, took = out[i].took }
+      if r then
+        for k, v in pairs(r) do e[k] = v end
+        e.id = r.header.member_id
+        e.is_leader = r.leader ~= 0 and r.leader == r.header.member_id
+      else
+        e.error, e.code = out[i][2], out[i][3]
+      end
+      list[i] = e
+    end
+    return list
+  end
+
+  --- cli:endpoint_health(opts) -> list, one entry per endpoint, in order:
+  -- { endpoint, health, took, error, code }. Healthy, as `etcdctl endpoint
+  -- health` decides: a linearizable get (of the key "health") answered, or
+  -- refused for permission (it went through consensus either way). Every
+  -- endpoint is asked at once; a member that is down fails at once, one that
+  -- does not answer by opts.timeout (default: the client's) is "timeout".
+  function Client:endpoint_health(opts)
+    check.self(self, Client, "endpoint_health", 2)
+    local o = check.options(opts, CALL, "endpoint_health", 2)
+    local out = each_endpoint(self, "KV.Range", { key = "health" }, o.timeout or self._timeout)
+    local list = {}
+    for i, ep in ipairs(self._endpoints) do
+      local r, msg, code = out[i][1], out[i][2], out[i][3]
+      local ok = r ~= nil or code == "PERMISSION_DENIED"
+      list[i] = { endpoint = ep, health = ok, took = out[i].took, error = not ok and msg or nil,
+                  code = not ok and code or nil }
+    end
+    return list
   end
 
   --- cli:snapshot(path, opts) -> { size, revision, member_id, endpoint }: one
