@@ -1,7 +1,9 @@
 --- Every unary call goes through here: one absolute deadline computed when the
 -- method is called, one re-login shared by every coroutine whose call was
--- refused for the token (single flight), and the place where a retry policy
--- (failover) belongs.
+-- refused for the token (single flight), and the retries of etcd's Go client
+-- (clientv3/retry.go, retry_interceptor.go): a call Go marks repeatable that
+-- failed with UNAVAILABLE is sent again, to a member that is up, within its
+-- deadline; writes are never sent twice.
 local core = require "etcd.core"
 local errors = require "etcd.errors"
 local wait = require "etcd.wait"
@@ -63,21 +65,83 @@ function M.relogin(cli, sent, dl)
   return res, msg, code
 end
 
+-- The calls Go's client retries (retry.go: withRetryPolicy(repeatable)):
+-- they read, or repeating them changes nothing more than doing them once.
+local REPEATABLE = {}
+for _, m in ipairs {
+  "KV.Range", "Lease.LeaseGrant", "Lease.LeaseRevoke", "Lease.LeaseTimeToLive", "Lease.LeaseLeases",
+  "Cluster.MemberList", "Maintenance.Alarm", "Maintenance.Status", "Maintenance.Hash",
+  "Maintenance.HashKV", "Maintenance.MoveLeader", "Auth.UserList", "Auth.UserGet", "Auth.RoleGet",
+  "Auth.RoleList",
+} do
+  REPEATABLE[m] = true
+  REPEATABLE[core.method(m)] = true -- callers may pass the handle (etcd.op's kinds)
+end
+M.REPEATABLE = REPEATABLE
+
+-- What Go retries a repeatable call on: gRPC's UNAVAILABLE, which etcd also
+-- uses for "no leader", "leader changed" and "request timed out" (the
+-- connection broke, or that member cannot serve it now).
+local RETRY_ON = { UNAVAILABLE = true, no_leader = true }
+
+-- Writes carry etcd's require-leader metadata: a member that knows no leader
+-- refuses them in its gRPC interceptor, before any handler ran ("etcdserver:
+-- no leader"), so that refusal provably applied nothing and is retried like a
+-- read's UNAVAILABLE. Any other failure of a write may or may not have been
+-- applied (docs/ERROR_HANDLING.md) and is returned as it is.
+local HASLEADER = { hasleader = "true" }
+local function with_leader(cli, md)
+  if md == nil then return HASLEADER end
+  local c = cli._md_hl
+  if c and c[1] == md then return c[2] end
+  local t = { hasleader = "true" }
+  for k, v in pairs(md) do t[k] = v end
+  cli._md_hl = { md, t }
+  return t
+end
+
+-- Go's limit on attempts (options.go: defaultUnaryMaxRetries).
+local MAX_ATTEMPTS = 100
+
+-- Go's back-off (roundRobinQuorumBackoff): 25 ms, 10 % jitter, once every
+-- quorum-many attempts (the others go at once, to the next member).
+local WAIT_BETWEEN, JITTER = 0.025, 0.10
+
 --- A unary call on client `cli` (etcd.Client): `timeout` seconds (nil: the
 -- client's default) from now; refused for the token, it logs in again
--- (shared) and is sent once more within the same deadline.
+-- (shared) and is sent once more within the same deadline. A repeatable
+-- call that failed with UNAVAILABLE is sent again (the client picks a member
+-- that is up) until it succeeds, fails otherwise, or its deadline comes;
+-- only with more than one endpoint, and not when `chan` names the member.
 function M.call(cli, method, req, timeout, chan)
   local dl = now() + (timeout or cli._timeout)
   local cc = cli._core
-  local md = cli._md
-  local res, msg, code = M.once(cc, method, req, dl, md, chan)
-  if not res and cli._login and M.auth_refusal(msg) then
-    local ok, m2, c2 = M.relogin(cli, md, dl)
-    if not ok then return nil, m2, c2 end
-    res, msg, code = M.once(cc, method, req, dl, cli._md, chan)
+  local repeatable = REPEATABLE[method]
+  local retry = not chan and #cli._endpoints > 1
+  local quorum = #cli._endpoints // 2 + 1
+  local attempt = 0
+  while true do
+    local md = cli._md
+    local send = repeatable and md or with_leader(cli, md)
+    local res, msg, code = M.once(cc, method, req, dl, send, chan)
+    if not res and cli._login and M.auth_refusal(msg) then
+      local ok, m2, c2 = M.relogin(cli, md, dl)
+      if not ok then return nil, m2, c2 end
+      send = repeatable and cli._md or with_leader(cli, cli._md)
+      res, msg, code = M.once(cc, method, req, dl, send, chan)
+    end
+    if res then return res end
+    if not retry or not (repeatable and RETRY_ON[code] or code == "no_leader") then return nil, msg, code end
+    attempt = attempt + 1
+    if attempt >= MAX_ATTEMPTS then return nil, msg, code end
+    cli._retries = (cli._retries or 0) + 1
+    if attempt % quorum == 0 then
+      local pause = WAIT_BETWEEN * (1 + JITTER * (2 * math.random() - 1))
+      if now() + pause >= dl then return nil, msg, code end
+      require("etcd.sched").sleep(pause)
+    end
+    if now() >= dl then return nil, msg, code end
   end
-  if not res then return nil, msg, code end
-  return res
 end
 
 return M
