@@ -23,6 +23,10 @@ describe("a leader kill under load", function()
     local eps = { cl.members[li].endpoint }
     for i, m in ipairs(cl.members) do if i ~= li then eps[#eps + 1] = m.endpoint end end
     cli = assert(etcd.new { endpoints = eps, timeout = 5 })
+    -- a call to it first: the client starts there, not on whichever member
+    -- connected first
+    local leader_id = assert(cli:status(eps[1])).header.member_id
+    assert.equal(leader_id, assert(cli:get("fo/x")).header.member_id)
     local l = assert(cli:grant(5))
     local ka = assert(cli:keepalive(l.id))
     assert(ka:next(5))
