@@ -50,11 +50,14 @@ describe("cluster and maintenance", function()
     assert.same({ url }, added.member.peer_urls)
     assert.equal(4, #added.members)
     local id = added.member.id
-    -- a learner that never started cannot be promoted: etcd says why
-    local res, msg, code = cli:member_promote(id)
+    -- a learner that never started cannot be promoted: asked again until
+    -- the deadline, etcd says why
+    local t0 = require("etcd.core").now()
+    local res, msg, code = cli:member_promote(id, { timeout = 1 })
     assert.is_nil(res)
     assert.matches("learner", msg)
     assert.equal("FAILED_PRECONDITION", code)
+    assert.is_true(require("etcd.core").now() - t0 >= 0.75)
     local url2 = "http://127.0.0.1:" .. helpers.pick_ports(1)[1]
     local up = assert(cli:member_update(id, { url2 }))
     local found
@@ -65,6 +68,43 @@ describe("cluster and maintenance", function()
     assert.is_nil(res)
     assert.equal("NOT_FOUND", code)
     assert.matches("member not found", msg)
+  end)
+
+  it("a learner added, started, promoted once it caught up, then removed", function()
+    assert(cli:put("cl/learner", "before it joined"))
+    local m = cluster:new_member()
+    local added, msg0
+    for _ = 1, 80 do -- "unhealthy cluster" right after the cluster started
+      added, msg0 = cli:member_add({ m.peer_url }, { is_learner = true })
+      if added or not tostring(msg0):find("unhealthy cluster", 1, true) then break end
+      helpers.sleep(0.25)
+    end
+    assert(added, msg0)
+    local id = added.member.id
+    local ok, err = pcall(function()
+      m:start_joining()
+      -- refused until it has caught up: member_promote asks again meanwhile
+      local p = assert(cli:member_promote(id, { timeout = 30 }))
+      local found
+      for _, x in ipairs(p.members) do if x.id == id then found = x end end
+      assert.is_false(found.is_learner)
+      assert.equal(4, #p.members)
+      -- a voter now, serving what was written before it joined
+      local one = assert(etcd.new { endpoints = { m.endpoint }, dial_timeout = 10 })
+      assert.equal("before it joined", assert(one:get("cl/learner")).kvs[1].value)
+      assert.is_false(assert(one:status(m.endpoint)).is_learner)
+      one:close()
+    end)
+    local removed, rmsg
+    for _ = 1, 40 do -- etcd refuses a removal that would leave it unhealthy for a moment
+      removed, rmsg = cli:member_remove(id)
+      if removed then break end
+      helpers.sleep(0.25)
+    end
+    m:stop()
+    assert(ok, err)
+    assert(removed, rmsg)
+    assert.equal(3, #removed.members)
   end)
 
   it("status of each member, and exactly one leader", function()

@@ -59,6 +59,8 @@
 -- Cluster object (helpers.start_cluster(n)):
 --   c.members[i] (server objects), c.endpoints, c.endpoint, c.token,
 --   c:stop{keep_data=bool}, c:kill(), c:restart(), c:wait_healthy(timeout),
+--   c:new_member() -> a member to add (cli:member_add{ m.peer_url }) and then
+--   start with m:start_joining() (plain clusters),
 --   c:leader_index() (nil unless the running members agree on a running
 --   leader), c:wait_leader(timeout) -> index, c:log_tail(n);
 --   with tls: c.tls, c.client_cert_auth, c.https_endpoints
@@ -884,6 +886,47 @@ end
 
 -- One member after the other: SIGTERM to all members at once makes one of
 -- them hang for the whole grace period (~5 s); one by one each takes ~0.1 s.
+-- A new member for this cluster, neither added nor started: its ports and
+-- dirs, and an --initial-cluster naming the members and itself. Add it
+-- (cli:member_add{ m.peer_url }), then start it with m:start_joining().
+-- Plain (non-TLS) clusters only.
+function Cluster:new_member()
+  if self.tls then error("new_member: TLS clusters are not supported", 2) end
+  local first = self.members[1]
+  local ports = M.pick_ports(2)
+  local dir = mktemp()
+  local i = #self.members + 1
+  local m = setmetatable({
+    name = "joined" .. i,
+    dir = dir,
+    data_dir = dir .. "/data",
+    log_file = dir .. "/etcd.log",
+    pid_file = dir .. "/etcd.pid",
+    client_port = ports[1],
+    peer_port = ports[2],
+    token = first.token,
+    opts = first.opts,
+    index = i,
+  }, Server)
+  m.endpoint = "127.0.0.1:" .. m.client_port
+  m.endpoints = { m.endpoint }
+  m.client_url = "http://" .. m.endpoint
+  m.peer_url = "http://127.0.0.1:" .. m.peer_port
+  m.guard_pid = start_guardian(dir)
+  local ic = {}
+  for _, x in ipairs(self.members) do ic[#ic + 1] = x.name .. "=" .. x.peer_url end
+  ic[#ic + 1] = m.name .. "=" .. m.peer_url
+  m.initial_cluster = table.concat(ic, ",")
+  return m
+end
+
+-- Start a member made by Cluster:new_member (after it was added): it joins
+-- the running cluster (--initial-cluster-state existing). Does not wait.
+function Server:start_joining()
+  self:_spawn("existing")
+  return self
+end
+
 function Cluster:stop(opts)
   for _, m in ipairs(self.members) do m:stop(opts) end
   return self

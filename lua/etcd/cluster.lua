@@ -116,12 +116,24 @@ function M.install(Client)
     return self:_call("Cluster.MemberUpdate", { id = id, peer_urls = peer_urls }, o.timeout)
   end
 
-  --- cli:member_promote(id, opts) -> { members, header }: a learner becomes a voter.
+  --- cli:member_promote(id, opts) -> { members, header }: a learner becomes a
+  -- voter. etcd refuses while the learner has not caught up with the leader
+  -- ("can only promote a learner member which is in sync with leader"): that
+  -- refusal is asked again every 0.2 s until the deadline (opts.timeout, or
+  -- the client's), and only then returned.
   function Client:member_promote(id, opts)
     check.self(self, Client, "member_promote", 2)
     id = check.arg(id, "integer", 1, "id", "member_promote", 2)
     local o = check.options(opts, CALL, "member_promote", 2)
-    return self:_call("Cluster.MemberPromote", { id = id }, o.timeout)
+    local dl = wait.now() + (o.timeout or self._timeout)
+    while true do
+      local res, msg, code = self:_call("Cluster.MemberPromote", { id = id }, math.max(0, dl - wait.now()))
+      if res or code ~= "FAILED_PRECONDITION" or not tostring(msg):find("in sync with leader", 1, true)
+          or wait.now() + 0.2 >= dl then
+        return res, msg, code
+      end
+      require("etcd.sched").sleep(0.2)
+    end
   end
 
   --- cli:status(endpoint, opts) -> { version, db_size, leader, raft_index, raft_term,
