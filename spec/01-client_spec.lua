@@ -112,9 +112,10 @@ describe("etcd.new", function()
       assert.has_error(function() etcd.new { endpoints = { "ftp://h:1" } } end,
         'etcd.new: endpoints[1]: unsupported scheme in "ftp://h:1"')
     end)
-    it("says which designed options are not implemented yet", function()
-      assert.has_error(function() etcd.new { endpoints = { srv.endpoint }, auto_sync_interval = 30 } end,
-        "etcd.new: option 'auto_sync_interval' is not implemented yet")
+    it("auto_sync_interval takes seconds", function()
+      assert.has_error(function() etcd.new { endpoints = { srv.endpoint }, auto_sync_interval = "30" } end)
+      local c = assert(etcd.new { endpoints = { srv.endpoint }, auto_sync_interval = 30 })
+      c:close()
     end)
 
     it("TLS against a plaintext port says it is a TLS problem", function()

@@ -321,3 +321,89 @@ describe("endpoint_status and endpoint_health", function()
     assert.has_error(function() cli.endpoint_status() end)
   end)
 end)
+
+describe("endpoint sync", function()
+  local cluster, cli, joined
+  setup(function() cluster = helpers.start_cluster(3) end)
+  teardown(function()
+    if cli then cli:close() end
+    if joined then joined:stop() end
+    if cluster then cluster:stop() end
+  end)
+
+  local function sorted(t)
+    local c = {}
+    for i, v in ipairs(t) do c[i] = v end
+    table.sort(c)
+    return c
+  end
+  local function has(list, x)
+    for _, v in ipairs(list) do if v == x then return true end end
+    return false
+  end
+
+  it("cli:sync: one endpoint given, it learns the others, then a member added later, and drops one removed", function()
+    local first = cluster.members[1]
+    cli = assert(etcd.new { endpoints = { first.endpoint }, timeout = 5 })
+    assert.same({ first.endpoint }, cli:endpoints())
+    local eps = assert(cli:sync())
+    assert.same(sorted(cluster.endpoints), sorted(eps))
+    assert.same(eps, cli:endpoints())
+    for _, ep in ipairs(cluster.endpoints) do assert(cli:status(ep)) end -- a channel to each
+    -- a member added later
+    joined = cluster:new_member()
+    local added, msg
+    for _ = 1, 80 do -- "unhealthy cluster" right after the cluster started
+      added, msg = cli:member_add { joined.peer_url }
+      if added or not tostring(msg):find("unhealthy cluster", 1, true) then break end
+      helpers.sleep(0.25)
+    end
+    assert(added, msg)
+    joined:start_joining()
+    -- it is listed with its client URL once it has started and published it
+    assert.is_true(helpers.eventually(20, function()
+      local e = cli:sync()
+      return e ~= nil and has(e, joined.endpoint)
+    end), "the new member never showed up")
+    assert.equal(4, #cli:endpoints())
+    assert.equal(added.member.id, assert(cli:status(joined.endpoint)).header.member_id)
+    -- the endpoint the client was given dies: the others carry on
+    local first_id = assert(cli:status(first.endpoint)).header.member_id
+    first:kill()
+    assert(cli:get("sync/k")) -- a read is retried on another member
+    assert(cli:put("sync/k", "after"))
+    assert.equal("after", assert(cli:get("sync/k")).kvs[1].value)
+    -- and once removed from the cluster, sync drops it
+    local removed
+    for _ = 1, 40 do
+      removed, msg = cli:member_remove(first_id)
+      if removed then break end
+      helpers.sleep(0.25)
+    end
+    assert(removed, msg)
+    eps = assert(cli:sync())
+    assert.equal(3, #eps)
+    assert.is_false(has(eps, first.endpoint))
+    assert.has_error(function() cli:status(first.endpoint) end,
+      ("status: bad argument #1 (endpoint): %q is not one of the client's endpoints"):format(first.endpoint))
+    assert.is_nil(tostring(cli._core):find(first.endpoint, 1, true))
+    assert(cli:put("sync/k", "later"))
+  end)
+
+  it("auto_sync_interval: the first call after the interval brings the endpoints up to date", function()
+    local live
+    for i = 2, 3 do if cluster.members[i]:is_running() then live = cluster.members[i] end end
+    local c = assert(etcd.new { endpoints = { live.endpoint }, auto_sync_interval = 0.3 })
+    assert.same({ live.endpoint }, c:endpoints())
+    assert(c:get("sync/k"))
+    assert.equal(1, #c:endpoints()) -- not yet: the interval has not passed
+    helpers.sleep(0.4)
+    assert.equal("later", assert(c:get("sync/k")).kvs[1].value)
+    assert.equal(3, #c:endpoints())
+    c:close()
+  end)
+
+  it("misuse raises", function()
+    assert.has_error(function() cli:sync { all = true } end, "sync: unknown option 'all'")
+  end)
+end)

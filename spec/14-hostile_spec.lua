@@ -136,6 +136,10 @@ local METHODS = {
   defragment = { args = { ENDPOINT }, str = { 1 }, opts = 2, options = TIMEOUT },
   hash_kv = { args = { ENDPOINT, 0 }, str = { 1 }, int = { 2 }, opts = 3, options = TIMEOUT },
   move_leader = { args = { 1 }, int = { 1 }, opts = 2, options = TIMEOUT },
+  snapshot = { args = { "/nonexistent/hostile.db" }, text = { 1 }, opts = 2, options = with { endpoint = "string" } },
+  sync = { args = {}, opts = 1, options = TIMEOUT },
+  endpoint_status = { args = {}, opts = 1, options = TIMEOUT },
+  endpoint_health = { args = {}, opts = 1, options = TIMEOUT },
   auth_enable = { args = {}, opts = 1, options = TIMEOUT },
   auth_disable = { args = {}, opts = 1, options = TIMEOUT },
   user_add = { args = { "u", "p" }, text = { 1, 2 }, opts = 3, options = with { no_password = "boolean" } },
@@ -853,7 +857,8 @@ describe("hostile input", function()
         { endpoints = { ep }, tls = { ca = "/nonexistent/ca.pem" } })
       new_raises("option 'tls.ca': \"/\" holds no PEM data", { endpoints = { ep }, tls = { ca = "/" } })
       new_raises("http:// endpoints cannot be used with TLS", { endpoints = { "http://" .. ep }, tls = {} })
-      new_raises("option 'auto_sync_interval' is not implemented yet", { endpoints = { ep }, auto_sync_interval = 1 })
+      new_raises("option 'auto_sync_interval': non%-negative number of seconds expected, got %-1",
+        { endpoints = { ep }, auto_sync_interval = -1 })
       still_usable()
     end)
 

@@ -6,18 +6,24 @@ local check = require "etcd.check"
 local wait = require "etcd.wait"
 local errors = require "etcd.errors"
 local rpc = require "etcd.rpc"
+local core = require "etcd.core"
+
+local function core_max() return core.MAX_ENDPOINTS end
 
 local M = {}
 
 local CALL = { timeout = "seconds" }
 
--- 1-based index of `endpoint` among the client's endpoints; raises otherwise.
+-- "https://h:p/" -> "h:p"
+local function normalize(ep)
+  return (ep:gsub("^https?://", ""):gsub("/$", ""))
+end
+
+-- The channel (1-based) of `endpoint`, one of the client's endpoints; raises otherwise.
 local function endpoint_index(cli, endpoint, fname)
   check.arg(endpoint, "string", 1, "endpoint", fname, 3)
-  local want = endpoint:gsub("^https?://", ""):gsub("/$", "")
-  for i, e in ipairs(cli._endpoints) do
-    if e == want then return i end
-  end
+  local i = cli._chan[normalize(endpoint)]
+  if i then return i end
   check.fail(("%s: bad argument #1 (endpoint): %q is not one of the client's endpoints"):format(fname, endpoint), 3)
 end
 
@@ -38,8 +44,8 @@ local function each_endpoint(cli, method, req, timeout)
   local t0 = wait.now()
   local dl = t0 + timeout
   local out, calls, toks = {}, {}, {}
-  for i = 1, #cli._endpoints do
-    local h, msg, code = cc:_unary(method, req, timeout, md, i, true)
+  for i, ep in ipairs(cli._endpoints) do
+    local h, msg, code = cc:_unary(method, req, timeout, md, cli._chan[ep], true)
     if h then
       calls[i] = h
       toks[#toks + 1] = h:token()
@@ -72,11 +78,11 @@ local function each_endpoint(cli, method, req, timeout)
     end
   end
   -- refused for the token: log in again (shared) and ask that one again
-  for i = 1, #cli._endpoints do
+  for i, ep in ipairs(cli._endpoints) do
     local o = out[i]
     if not o[1] and cli._login and rpc.auth_refusal(o[2]) then
       local t1 = wait.now()
-      out[i] = { rpc.call(cli, method, req, math.max(0, dl - t1), i) }
+      out[i] = { rpc.call(cli, method, req, math.max(0, dl - t1), cli._chan[ep]) }
       out[i].took = o.took + wait.now() - t1
     end
   end
@@ -188,7 +194,8 @@ function M.install(Client)
     check.self(self, Client, "move_leader", 2)
     id = check.arg(id, "integer", 1, "id", "move_leader", 2)
     local o = check.options(opts, CALL, "move_leader", 2)
-    for i = 1, #self._endpoints do
+    for _, ep in ipairs(self._endpoints) do
+      local i = self._chan[ep]
       local st = self:_call("Maintenance.Status", {}, o.timeout, i)
       if st and st.leader == st.header.member_id then
         return self:_call("Maintenance.MoveLeader", { target_id = id }, o.timeout, i)
@@ -197,16 +204,66 @@ function M.install(Client)
     return self:_call("Maintenance.MoveLeader", { target_id = id }, o.timeout)
   end
 
+  --- cli:sync(opts) -> endpoints | nil, msg, code: the client's endpoints
+  -- become the client URLs of the cluster's started voting members (etcd's
+  -- member list, as Go's Client.Sync): a channel opens to each new one, and
+  -- one that is no longer listed is retired (nothing new goes there; the
+  -- engine's watch and keep-alive streams on it move now; calls already on
+  -- it finish). URLs whose scheme does not fit the client (http:// for a TLS
+  -- client, https:// for a plaintext one) are left out. opts: timeout.
+  function Client:sync(opts)
+    check.self(self, Client, "sync", 2)
+    local o = check.options(opts, CALL, "sync", 2)
+    local res, msg, code = self:_call("Cluster.MemberList", {}, o.timeout)
+    if not res then return nil, msg, code end
+    local want, seen = {}, {}
+    for _, m in ipairs(res.members) do
+      if m.name ~= "" and not m.is_learner then
+        for _, u in ipairs(m.client_urls) do
+          local https = u:find("^https://") ~= nil
+          local ep = normalize(u)
+          if https == self._tls and not seen[ep] and #want < core_max() then
+            seen[ep] = true
+            want[#want + 1] = ep
+          end
+        end
+      end
+    end
+    if #want == 0 then
+      return nil, "etcd: sync: no started member lists a client URL this client can use", "UNAVAILABLE"
+    end
+    for _, ep in ipairs(want) do
+      if not self._chan[ep] then
+        local i, m2, c2 = self._core:_add_target(ep)
+        if not i then return nil, m2, c2 end
+        self._chan[ep], self._ep_of[i] = i, ep
+      end
+    end
+    -- (the new ones are in: a retirement never leaves the client without one)
+    for _, ep in ipairs(self._endpoints) do
+      if not seen[ep] then
+        self._core:_retire(self._chan[ep])
+        self._chan[ep] = nil
+      end
+    end
+    self._endpoints = want
+    local copy = {}
+    for i, ep in ipairs(want) do copy[i] = ep end
+    return copy
+  end
+
   --- cli:endpoint_status(opts) -> list, one entry per endpoint, in order:
   -- { endpoint, id, version, db_size, db_size_in_use, leader, is_leader,
   -- is_learner, raft_term, raft_index, raft_applied_index, errors, header,
   -- took } (etcd's StatusResponse and who answered), or { endpoint, error,
-  -- code, took } for a member that did not answer. Every endpoint is asked at
+  -- code, took } for a member that did not answer (nil, msg, "closed" when the
+  -- client is closed). Every endpoint is asked at
   -- once (as `etcdctl endpoint status --cluster` without the discovery);
   -- opts.timeout bounds the whole.
   function Client:endpoint_status(opts)
     check.self(self, Client, "endpoint_status", 2)
     local o = check.options(opts, CALL, "endpoint_status", 2)
+    if self._core:_closed() then return nil, "etcd: client is closed", "closed" end
     local out = each_endpoint(self, "Maintenance.Status", {}, o.timeout or self._timeout)
     local list = {}
     for i, ep in ipairs(self._endpoints) do
@@ -232,6 +289,7 @@ function M.install(Client)
   function Client:endpoint_health(opts)
     check.self(self, Client, "endpoint_health", 2)
     local o = check.options(opts, CALL, "endpoint_health", 2)
+    if self._core:_closed() then return nil, "etcd: client is closed", "closed" end
     local out = each_endpoint(self, "KV.Range", { key = "health" }, o.timeout or self._timeout)
     local list = {}
     for i, ep in ipairs(self._endpoints) do
@@ -258,8 +316,7 @@ function M.install(Client)
     local o = check.options(opts, { endpoint = "string", timeout = "seconds" }, "snapshot", 2)
     local i
     if o.endpoint then
-      local want = o.endpoint:gsub("^https?://", ""):gsub("/$", "")
-      for k, e in ipairs(self._endpoints) do if e == want then i = k end end
+      i = self._chan[normalize(o.endpoint)]
       if not i then
         check.fail(("snapshot: option 'endpoint': %q is not one of the client's endpoints"):format(o.endpoint), 2)
       end
@@ -320,7 +377,7 @@ function M.install(Client)
       return nil, msg, code
     end
     return { size = size, revision = st.header.revision, member_id = st.header.member_id,
-             endpoint = self._endpoints[i] }
+             endpoint = self._ep_of[i] }
   end
 end
 

@@ -50,11 +50,11 @@ function Client.__valid(v) return getmetatable(rawget(v, "_core")) == CORE_MT en
 local NEW_OPTS = {
   endpoints = "table", dial_timeout = "seconds", timeout = "seconds",
   namespace = "string", max_send_size = "size", max_recv_size = "size",
-  user = "text", password = "text", tls = "table",
+  user = "text", password = "text", tls = "table", auto_sync_interval = "seconds",
 }
 -- Options of DESIGN.md that later work adds; named here so that passing one
--- says so instead of "unknown option".
-local NOT_YET = { auto_sync_interval = true }
+-- says so instead of "unknown option". (None left.)
+local NOT_YET = {}
 local TLS_OPTS = { ca = "text", cert = "text", key = "text", server_name = "text" }
 
 -- "host:port", "http://host:port" or "https://host:port" -> gRPC target, scheme
@@ -138,9 +138,17 @@ function etcd.new(opts)
     _timeout = o.timeout or 10,
     _ns = o.namespace or "",
     _endpoints = targets,
+    _chan = {},   -- endpoint -> 1-based channel index (cli:sync adds channels)
+    _ep_of = {},  -- channel index -> endpoint
+    _tls = tls and true or false,
     _dial_timeout = o.dial_timeout or 5,
     -- 0 or none: the engine's default (src/engine/client.c)
   }, Client)
+  for i, t in ipairs(targets) do self._chan[t], self._ep_of[i] = i, t end
+  if o.auto_sync_interval and o.auto_sync_interval > 0 then
+    self._sync_every = o.auto_sync_interval
+    self._sync_at = wait.now() + o.auto_sync_interval
+  end
   local dial = self._dial_timeout
   if dial > 0 then
     c:_dial(dial)

@@ -114,6 +114,14 @@ local WAIT_BETWEEN, JITTER = 0.025, 0.10
 -- that is up) until it succeeds, fails otherwise, or its deadline comes;
 -- only with more than one endpoint, and not when `chan` names the member.
 function M.call(cli, method, req, timeout, chan)
+  -- auto_sync_interval: the first call after the interval refreshes the
+  -- endpoints first (cli:sync); its failure is not this call's
+  if cli._sync_every and not cli._syncing and now() >= cli._sync_at then
+    cli._syncing = true
+    cli._sync_at = now() + cli._sync_every
+    pcall(cli.sync, cli, { timeout = timeout or cli._timeout })
+    cli._syncing = false
+  end
   local dl = now() + (timeout or cli._timeout)
   local cc = cli._core
   local repeatable = REPEATABLE[method]

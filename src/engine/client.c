@@ -188,6 +188,8 @@ void ec_client_unref(ec_client *c) {
   free_md(c->md, c->nmd);
   for (size_t i = 0; i < c->nchan; i++) free(c->chans[i].target);
   free(c->chans);
+  free(c->server_name);
+  if (c->creds) grpc_channel_credentials_release(c->creds);
   free(c->ready.v);
   free(c->reaped.v);
   if (c->efd >= 0) close(c->efd);
@@ -358,8 +360,9 @@ int ec_client_ready(ec_client *c) {
   pthread_mutex_lock(&c->mu);
   if (!c->closed)
     for (size_t i = 0; i < c->nchan && !ready; i++)
-      ready = grpc_channel_check_connectivity_state(c->chans[i].channel, 0) ==
-              GRPC_CHANNEL_READY;
+      ready = !c->chans[i].retired &&
+              grpc_channel_check_connectivity_state(c->chans[i].channel, 0) ==
+                  GRPC_CHANNEL_READY;
   pthread_mutex_unlock(&c->mu);
   return ready;
 }
@@ -404,6 +407,7 @@ static int chan_avoided(ec_client *c, size_t i, gpr_timespec *now, int *have_now
 /* A channel passed over (ec_chan_avoid_locked) ranks below one that is
  * still connecting, above one that failed. */
 static int chan_score(ec_client *c, size_t i, gpr_timespec *now, int *have_now) {
+  if (c->chans[i].retired) return -100;
   int r = chan_rank(grpc_channel_check_connectivity_state(c->chans[i].channel, 1));
   return chan_avoided(c, i, now, have_now) ? 2 * r - 3 : 2 * r;
 }
@@ -473,13 +477,13 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
     ec_client_unref(c);
     return NULL;
   }
-  c->chans = calloc(cfg->ntargets, sizeof *c->chans);
+  c->chans = calloc(EC_MAX_ENDPOINTS, sizeof *c->chans);
   if (!c->chans) goto oom;
   c->nchan = cfg->ntargets;
   for (size_t i = 0; i < c->nchan; i++)
     if (!(c->chans[i].target = strdup(cfg->targets[i]))) goto oom;
 
-  grpc_arg args[10];
+  grpc_arg *args = c->chan_args;
   int na = 0;
 #define INT_ARG(k, v)                                                          \
   do {                                                                         \
@@ -506,12 +510,14 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
   INT_ARG(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
 #undef INT_ARG
   if (cfg->tls && cfg->server_name) {
+    if (!(c->server_name = strdup(cfg->server_name))) goto oom;
     args[na].type = GRPC_ARG_STRING;
     args[na].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
-    args[na].value.string = (char *)cfg->server_name;
+    args[na].value.string = c->server_name;
     na++;
   }
-  grpc_channel_args chargs = {(size_t)na, args};
+  c->nchan_args = (size_t)na;
+  grpc_channel_args chargs = {c->nchan_args, args};
 
   c->cq = grpc_completion_queue_create_for_next(NULL);
   grpc_channel_credentials *creds;
@@ -541,7 +547,7 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
     ch->client = c;
     ch->channel = grpc_channel_create(ch->target, creds, &chargs);
   }
-  grpc_channel_credentials_release(creds);
+  c->creds = creds; /* for the channels added later; released with the client */
 
   if (pthread_create(&c->pump, NULL, pump_main, c) != 0) {
     snprintf(err, errlen, "cannot start the pump thread");
@@ -631,6 +637,67 @@ size_t ec_client_current(ec_client *c) {
   size_t i = c->closed ? c->current : ec_pick_channel(c);
   pthread_mutex_unlock(&c->mu);
   return i;
+}
+
+int ec_client_add_target(ec_client *c, const char *target, char *err, size_t errlen) {
+  pthread_mutex_lock(&c->mu);
+  int r = -1;
+  if (c->closed) {
+    snprintf(err, errlen, "client closed");
+    goto out;
+  }
+  for (size_t i = 0; i < c->nchan; i++)
+    if (!strcmp(c->chans[i].target, target)) {
+      c->chans[i].retired = 0;
+      r = (int)i;
+      goto out;
+    }
+  if (c->nchan >= EC_MAX_ENDPOINTS) {
+    snprintf(err, errlen, "more than %d endpoints", EC_MAX_ENDPOINTS);
+    goto out;
+  }
+  ec_chan *ch = &c->chans[c->nchan];
+  memset(ch, 0, sizeof *ch);
+  if (!(ch->target = strdup(target))) {
+    snprintf(err, errlen, "out of memory");
+    goto out;
+  }
+  grpc_channel_args chargs = {c->nchan_args, c->chan_args};
+  ch->tag.done = chan_watch_done;
+  ch->client = c;
+  ch->channel = grpc_channel_create(ch->target, c->creds, &chargs);
+  /* connect now, as etcd.new's dial does for the first ones */
+  grpc_channel_check_connectivity_state(ch->channel, 1);
+  r = (int)c->nchan++;
+out:
+  pthread_mutex_unlock(&c->mu);
+  return r;
+}
+
+int ec_client_retire(ec_client *c, size_t i) {
+  pthread_mutex_lock(&c->mu);
+  size_t live = 0;
+  for (size_t k = 0; k < c->nchan; k++) live += !c->chans[k].retired;
+  int r = -1;
+  if (i < c->nchan && !c->chans[i].retired && live > 1) {
+    c->chans[i].retired = 1;
+    if (c->current == i) ec_pick_channel(c);
+    /* the engine's own streams there (watch, keep-alive) end now and are
+     * opened again elsewhere, as after a break */
+    ec_streams_cancel_engine_on_locked(c, (int)i);
+    r = 0;
+  } else if (i < c->nchan && c->chans[i].retired) {
+    r = 0;
+  }
+  pthread_mutex_unlock(&c->mu);
+  return r;
+}
+
+int ec_client_retired(ec_client *c, size_t i) {
+  pthread_mutex_lock(&c->mu);
+  int r = i < c->nchan && c->chans[i].retired;
+  pthread_mutex_unlock(&c->mu);
+  return r;
 }
 const char *ec_client_target(const ec_client *c, size_t i) {
   return i < c->nchan ? c->chans[i].target : NULL;

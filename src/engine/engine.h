@@ -74,6 +74,15 @@ int ec_client_fd(const ec_client *c);
 size_t ec_client_nchannels(const ec_client *c);
 /* The channel the next call would go to (0-based). */
 size_t ec_client_current(ec_client *c);
+/* A channel to one more endpoint (the same credentials and settings as the
+ * others): its 0-based index, or -1 with err filled (too many, closed, out
+ * of memory). A retired channel to the same target is taken back instead. */
+int ec_client_add_target(ec_client *c, const char *target, char *err, size_t errlen);
+/* Endpoint i is no longer one of the client's: no call or engine stream goes
+ * there any more (the engine's streams on it move now); calls already on it
+ * finish. Refused (-1) when it is the last one not retired. */
+int ec_client_retire(ec_client *c, size_t i);
+int ec_client_retired(ec_client *c, size_t i);
 const char *ec_client_target(const ec_client *c, size_t i);
 
 /* Start connecting every channel and watch them until `timeout_ms` from now;

@@ -104,6 +104,9 @@ typedef struct ec_chan {
    * are preferred until avoid_until, or until it answers again */
   int avoid;
   gpr_timespec avoid_until;
+  /* no longer one of the client's endpoints (ec_client_retire): never
+   * picked; kept until the client closes, for the calls still on it */
+  int retired;
 } ec_chan;
 
 /* How long a member that stopped answering is passed over. */
@@ -180,9 +183,14 @@ struct ec_client {
   int efd;
   int closed;
   long pid;
-  size_t nchan;
+  size_t nchan;   /* channels made, retired ones included */
   size_t current;
-  ec_chan *chans;
+  ec_chan *chans; /* room for EC_MAX_ENDPOINTS: never moves */
+  /* how channels are made, for those added later (ec_client_add_target) */
+  grpc_channel_credentials *creds;
+  grpc_arg chan_args[10];
+  size_t nchan_args;
+  char *server_name;
   ec_call *inflight; /* doubly linked list of unary calls in flight */
   size_t ninflight;
   ec_stream *streams; /* doubly linked list of live streams */
@@ -235,6 +243,8 @@ ec_stream *ec_engine_stream_locked(ec_client *c, const char *path,
                                    const ec_stream_hooks *hooks);
 /* The channel a stream runs on. */
 int ec_stream_chan(const ec_stream *s);
+/* With c->mu held: cancel the engine's own streams (hooks) on channel chan. */
+void ec_streams_cancel_engine_on_locked(ec_client *c, int chan);
 
 /* Copy metadata into a grpc_metadata array (NULL for none, or on OOM with
  * *ok = 0); ec_md_free releases it. */

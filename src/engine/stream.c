@@ -365,6 +365,11 @@ void ec_stream_cancel(ec_stream *s) {
   pthread_mutex_unlock(&s->client->mu);
 }
 
+void ec_streams_cancel_engine_on_locked(ec_client *c, int chan) {
+  for (ec_stream *s = c->streams; s; s = s->next)
+    if (s->hooks && s->chan == chan) cancel_locked(s, EC_END_CANCELLED, "endpoint retired");
+}
+
 void ec_streams_cancel_all(ec_client *c) {
   for (ec_stream *s = c->streams; s; s = s->next)
     cancel_locked(s, EC_END_CLOSED, "client closed");

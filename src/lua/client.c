@@ -173,8 +173,11 @@ static int l_tostring(lua_State *L) {
   luaL_Buffer b;
   luaL_buffinit(L, &b);
   luaL_addstring(&b, "etcd.client (");
+  int first = 1;
   for (size_t i = 0; i < ec_client_nchannels(u->c); i++) {
-    if (i) luaL_addstring(&b, ", ");
+    if (ec_client_retired(u->c, i)) continue;
+    if (!first) luaL_addstring(&b, ", ");
+    first = 0;
     luaL_addstring(&b, ec_client_target(u->c, i));
   }
   luaL_addstring(&b, ec_client_closed(u->c) ? "; closed)" : ")");
@@ -264,6 +267,27 @@ static int l_token(lua_State *L) {
 static int l_inflight(lua_State *L) {
   lclient *u = lb_check_client(L);
   lua_pushinteger(L, u->c ? (lua_Integer)ec_client_inflight(u->c) : 0);
+  return 1;
+}
+
+/* client:_add_target(target) -> 1-based channel index | nil, msg, code */
+static int l_add_target(lua_State *L) {
+  int nret;
+  ec_client *c = lb_live_client(L, &nret);
+  if (!c) return nret;
+  const char *target = luaL_checkstring(L, 2);
+  char err[128];
+  int i = ec_client_add_target(c, target, err, sizeof err);
+  if (i < 0) return lb_push_fail(L, err, ec_client_closed(c) ? "closed" : "INTERNAL");
+  lua_pushinteger(L, i + 1);
+  return 1;
+}
+
+/* client:_retire(index) -> true | false (the last endpoint stays) */
+static int l_retire(lua_State *L) {
+  lclient *u = lb_check_client(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  lua_pushboolean(L, u->c && i >= 1 && ec_client_retire(u->c, (size_t)(i - 1)) == 0);
   return 1;
 }
 
@@ -382,6 +406,7 @@ void lb_open_client(lua_State *L) {
       {"_dial", l_dial},          {"_ready", l_ready},
       {"_wait", l_wait},          {"_inflight", l_inflight},
       {"_navoided", l_navoided}, {"_current", l_current},
+      {"_add_target", l_add_target}, {"_retire", l_retire},
       {"_closed", l_closed},      {"_nstreams", l_nstreams},
       {"_set_metadata", l_set_metadata}, {"_need_auth", l_need_auth},
       {"_auth_refreshed", l_auth_refreshed}, {"_reap", l_reap},
