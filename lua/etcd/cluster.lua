@@ -309,7 +309,8 @@ function M.install(Client)
   -- restore` checks. `revision`: the member's revision just before the
   -- snapshot began (everything up to it is in the file). opts: endpoint (one
   -- of cli:endpoints(); default: the one in use), timeout (the whole
-  -- transfer; default: 60 s or the client's timeout if longer).
+  -- transfer; default: 60 s or the client's timeout if longer; the status
+  -- asked first is bounded by the client's timeout too).
   function Client:snapshot(path, opts)
     check.self(self, Client, "snapshot", 2)
     check.arg(path, "text", 1, "path", "snapshot", 2)
@@ -325,7 +326,10 @@ function M.install(Client)
     end
     local timeout = o.timeout or math.max(60, self._timeout)
     local dl = wait.now() + timeout
-    local st, msg, code = self:_call("Maintenance.Status", {}, timeout, i)
+    -- the status is an ordinary call: the client's deadline (or a shorter
+    -- one of the caller's), so that a member that is down or stuck fails it
+    -- as fast as any call
+    local st, msg, code = self:_call("Maintenance.Status", {}, math.min(timeout, self._timeout), i)
     if not st then return nil, msg, code end
     local tmp = path .. ".part"
     local f, ferr = io.open(tmp, "wb")
