@@ -279,6 +279,16 @@ local seeds = {
     { "cli:alarm_disarm", { member_id = 1, alarm = "nospace" } },
     { "cli:alarm_disarm", { member_id = "1", alarm = "x" } },
   },
+  ["maintenance-2"] = {
+    { "cli:snapshot", "/nonexistent/dir/s.db" },
+    { "cli:snapshot", "s\0.db", { endpoint = "127.0.0.1:2" } },
+    { "cli:snapshot", "/dev/null/x", { endpoint = "http://127.0.0.1:1/", timeout = 0 } },
+    { "cli:endpoint_status" },
+    { "cli:endpoint_status", { timeout = -1 } },
+    { "cli:endpoint_health", { timeout = 0.001 } },
+    { "cli:sync" },
+    { "cli:sync", { all = true } },
+  },
   ["auth-users"] = {
     { "cli:auth_enable" },
     { "cli:auth_disable", { timeout = 1e300 } },
