@@ -121,13 +121,9 @@ describe("keep-alives at scale across a leader kill", function()
 
   it("20,000 leases with TTL 10 held by one client: none lost, the streams move once, no burst of re-sends #novalgrind", function()
     local li = assert(cl:leader_index())
-    -- the leader first: the client's streams start there (a call to it
-    -- first, so that the client does not start on whichever member
-    -- connected first)
-    local eps = { cl.members[li].endpoint }
-    for i, m in ipairs(cl.members) do if i ~= li then eps[#eps + 1] = m.endpoint end end
-    cli = assert(etcd.new { endpoints = eps })
-    local leader_id = assert(cli:status(eps[1])).header.member_id
+    -- in use on the leader: the client's streams start there
+    local leader_id
+    cli, leader_id = cl:client_on(li)
     local ids = grant_all(cli, N, 10)
     local kas = {}
     for i = 1, N do kas[i] = assert(cli:keepalive(ids[i])) end

@@ -4,7 +4,6 @@
 -- time on it, or a keep-alive renewal left unanswered past TTL/3, makes it
 -- pass that member over, and calls and keep-alives go on elsewhere.
 local helpers = require "helpers"
-local etcd = require "etcd"
 local core = require "etcd.core"
 
 describe("a member of three that stops answering (SIGSTOP)", function()
@@ -24,10 +23,8 @@ describe("a member of three that stops answering (SIGSTOP)", function()
   local function stop_one(pick, max_failed, settle)
     local li = assert(cl:leader_index())
     local fi = pick(li)
-    local eps = { cl.members[fi].endpoint }
-    for i, m in ipairs(cl.members) do if i ~= fi then eps[#eps + 1] = m.endpoint end end
-    cli = assert(etcd.new { endpoints = eps, timeout = 1 })
-    local stopped = assert(cli:status(cl.members[fi].endpoint)).header.member_id
+    local stopped
+    cli, stopped = cl:client_on(fi, { timeout = 1 })
     assert.equal(stopped, assert(cli:get("h/any")).header.member_id) -- it serves us
     local l = assert(cli:grant(5))
     assert(cli:put("h/lease", "x", { lease = l.id }))

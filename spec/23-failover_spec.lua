@@ -19,13 +19,9 @@ describe("a leader kill under load", function()
 
   it("reads never fail, writes fail at most twice each and are never applied twice, watches lose nothing #novalgrind", function()
     local li = assert(cl:leader_index())
-    -- the leader first: the member in use is the one that dies
-    local eps = { cl.members[li].endpoint }
-    for i, m in ipairs(cl.members) do if i ~= li then eps[#eps + 1] = m.endpoint end end
-    cli = assert(etcd.new { endpoints = eps, timeout = 5 })
-    -- a call to it first: the client starts there, not on whichever member
-    -- connected first
-    local leader_id = assert(cli:status(eps[1])).header.member_id
+    -- in use on the leader: the member in use is the one that dies
+    local leader_id
+    cli, leader_id = cl:client_on(li, { timeout = 5 })
     assert.equal(leader_id, assert(cli:get("fo/x")).header.member_id)
     local l = assert(cli:grant(5))
     local ka = assert(cli:keepalive(l.id))

@@ -59,6 +59,7 @@
 -- Cluster object (helpers.start_cluster(n)):
 --   c.members[i] (server objects), c.endpoints, c.endpoint, c.token,
 --   c:stop{keep_data=bool}, c:kill(), c:restart(), c:wait_healthy(timeout),
+--   c:client_on(i[, opts]) -> cli, id: a client of every member, in use on member i,
 --   c:new_member() -> a member to add (cli:member_add{ m.peer_url }) and then
 --   start with m:start_joining() (plain clusters),
 --   c:leader_index() (nil unless the running members agree on a running
@@ -886,6 +887,19 @@ end
 
 -- One member after the other: SIGTERM to all members at once makes one of
 -- them hang for the whole grace period (~5 s); one by one each takes ~0.1 s.
+-- A client of every member, in use on member i: i's endpoint comes first
+-- and is called first (a client otherwise starts on whichever member
+-- connected first). opts: etcd.new's options besides `endpoints`. Returns
+-- the client and member i's id.
+function Cluster:client_on(i, opts)
+  local etcd = require "etcd"
+  local o = { endpoints = { self.members[i].endpoint } }
+  for k, m in ipairs(self.members) do if k ~= i then o.endpoints[#o.endpoints + 1] = m.endpoint end end
+  for k, v in pairs(opts or {}) do o[k] = v end
+  local cli = assert(etcd.new(o))
+  return cli, assert(cli:status(o.endpoints[1])).header.member_id
+end
+
 -- A new member for this cluster, neither added nor started: its ports and
 -- dirs, and an --initial-cluster naming the members and itself. Add it
 -- (cli:member_add{ m.peer_url }), then start it with m:start_joining().

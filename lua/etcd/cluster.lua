@@ -8,8 +8,6 @@ local errors = require "etcd.errors"
 local rpc = require "etcd.rpc"
 local core = require "etcd.core"
 
-local function core_max() return core.MAX_ENDPOINTS end
-
 local M = {}
 
 local CALL = { timeout = "seconds" }
@@ -19,12 +17,14 @@ local function normalize(ep)
   return (ep:gsub("^https?://", ""):gsub("/$", ""))
 end
 
--- The channel (1-based) of `endpoint`, one of the client's endpoints; raises otherwise.
-local function endpoint_index(cli, endpoint, fname)
+-- The channel (1-based) of `endpoint`, one of the client's endpoints; raises
+-- otherwise, naming it `what` (default: the method's first argument).
+local function endpoint_index(cli, endpoint, fname, what)
   check.arg(endpoint, "string", 1, "endpoint", fname, 3)
   local i = cli._chan[normalize(endpoint)]
   if i then return i end
-  check.fail(("%s: bad argument #1 (endpoint): %q is not one of the client's endpoints"):format(fname, endpoint), 3)
+  check.fail(("%s: %s: %q is not one of the client's endpoints")
+    :format(fname, what or "bad argument #1 (endpoint)", endpoint), 3)
 end
 
 local function urls(list, n, name, fname)
@@ -222,7 +222,7 @@ function M.install(Client)
         for _, u in ipairs(m.client_urls) do
           local https = u:find("^https://") ~= nil
           local ep = normalize(u)
-          if https == self._tls and not seen[ep] and #want < core_max() then
+          if https == self._tls and not seen[ep] and #want < core.MAX_ENDPOINTS then
             seen[ep] = true
             want[#want + 1] = ep
           end
@@ -315,15 +315,8 @@ function M.install(Client)
     check.self(self, Client, "snapshot", 2)
     check.arg(path, "text", 1, "path", "snapshot", 2)
     local o = check.options(opts, { endpoint = "string", timeout = "seconds" }, "snapshot", 2)
-    local i
-    if o.endpoint then
-      i = self._chan[normalize(o.endpoint)]
-      if not i then
-        check.fail(("snapshot: option 'endpoint': %q is not one of the client's endpoints"):format(o.endpoint), 2)
-      end
-    else
-      i = self._core:_current()
-    end
+    local i = o.endpoint and endpoint_index(self, o.endpoint, "snapshot", "option 'endpoint'")
+      or self._core:_current()
     local timeout = o.timeout or math.max(60, self._timeout)
     local dl = wait.now() + timeout
     -- the status is an ordinary call: the client's deadline (or a shorter

@@ -77,7 +77,6 @@ for _, m in ipairs {
   REPEATABLE[m] = true
   REPEATABLE[core.method(m)] = true -- callers may pass the handle (etcd.op's kinds)
 end
-M.REPEATABLE = REPEATABLE
 
 -- What Go retries a repeatable call on: gRPC's UNAVAILABLE, which etcd also
 -- uses for "no leader", "leader changed" and "request timed out" (the
@@ -142,7 +141,6 @@ function M.call(cli, method, req, timeout, chan)
     if not retry or not (repeatable and RETRY_ON[code] or code == "no_leader") then return nil, msg, code end
     attempt = attempt + 1
     if attempt >= MAX_ATTEMPTS then return nil, msg, code end
-    cli._retries = (cli._retries or 0) + 1
     if attempt % quorum == 0 then
       local pause = WAIT_BETWEEN * (1 + JITTER * (2 * math.random() - 1))
       if now() + pause >= dl then return nil, msg, code end

@@ -430,8 +430,14 @@ size_t ec_pick_channel(ec_client *c) {
   return pick;
 }
 
+int ec_elsewhere_locked(const ec_client *c) {
+  size_t live = 0;
+  for (size_t i = 0; i < c->nchan && live < 2; i++) live += !c->chans[i].retired;
+  return live > 1;
+}
+
 void ec_chan_avoid_locked(ec_client *c, size_t i) {
-  if (i >= c->nchan || c->nchan < 2) return;
+  if (i >= c->nchan || !ec_elsewhere_locked(c)) return;
   c->chans[i].avoid = 1;
   c->chans[i].avoid_until = ec_after_ms(ec_now(), EC_AVOID_MS);
   if (c->current == i) ec_pick_channel(c);
@@ -676,10 +682,8 @@ out:
 
 int ec_client_retire(ec_client *c, size_t i) {
   pthread_mutex_lock(&c->mu);
-  size_t live = 0;
-  for (size_t k = 0; k < c->nchan; k++) live += !c->chans[k].retired;
   int r = -1;
-  if (i < c->nchan && !c->chans[i].retired && live > 1) {
+  if (i < c->nchan && !c->chans[i].retired && ec_elsewhere_locked(c)) {
     c->chans[i].retired = 1;
     if (c->current == i) ec_pick_channel(c);
     /* the engine's own streams there (watch, keep-alive) end now and are

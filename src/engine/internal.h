@@ -118,6 +118,9 @@ typedef struct ec_chan {
 void ec_chan_avoid_locked(ec_client *c, size_t i);
 /* With c->mu held: an answer came from channel i. */
 void ec_chan_answered_locked(ec_client *c, size_t i);
+/* With c->mu held: 1 when the client has more than one endpoint not retired
+ * (somewhere else to send a call or move a stream). */
+int ec_elsewhere_locked(const ec_client *c);
 
 /* The keep-alive manager (keepalive.c), driven by the pump thread. Leases
  * are found by id in a hash (chained; several keep-alives may renew one id);

@@ -406,7 +406,7 @@ static void stall_due(ec_client *c, ec_timer *t) {
   ec_ka_slot *k = (ec_ka_slot *)((char *)t - offsetof(ec_ka_slot, stall));
   ec_lease *h = k->flight.head;
   /* with one member there is nowhere else to go (see watch.c's probe) */
-  if (!h || !slot_live(k) || c->nchan < 2) return;
+  if (!h || !slot_live(k) || !ec_elsewhere_locked(c)) return;
   gpr_timespec due = ec_after_ms(h->sent, stall_ms(h));
   if (gpr_time_cmp(ec_now(), due) < 0) { /* (not expected: armed for the head) */
     ec_timer_set_locked(c, &k->stall, due);

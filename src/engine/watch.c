@@ -428,11 +428,14 @@ static int reopen_due_now(ec_client *c, gpr_timespec now) {
 
 /* ---- liveness (c->mu held) --------------------------------------------- */
 
+/* A WatchRequest with an empty progress_request: the caller's
+ * (ec_watch_request_progress) and our own probes alike. */
+static const uint8_t PROGRESS_REQ[] = {0x1a, 0x00};
+
 static int any_live(const ec_client *c);
 
 static void send_probe_locked(ec_client *c, gpr_timespec now) {
-  static const uint8_t req[] = {0x1a, 0x00}; /* WatchRequest.progress_request */
-  if (ec_stream_write_locked(c->wm.stream, req, sizeof req) != 0) return;
+  if (ec_stream_write_locked(c->wm.stream, PROGRESS_REQ, sizeof PROGRESS_REQ) != 0) return;
   c->wm.probes++;
   if (!c->wm.probing) {
     c->wm.probing = 1;
@@ -447,7 +450,8 @@ static void probe_due(ec_client *c, ec_timer *t) {
   (void)t;
   /* with one member there is nowhere else to go: gRPC's keepalive ends a
    * dead connection, and a stopped member answers again once it resumes */
-  if (c->closed || !c->wm.stream || c->wm.stream_ended || !any_live(c) || c->nchan < 2)
+  if (c->closed || !c->wm.stream || c->wm.stream_ended || !any_live(c) ||
+      !ec_elsewhere_locked(c))
     return;
   gpr_timespec now = ec_now();
   if (c->wm.probing) {
@@ -716,11 +720,10 @@ void ec_watch_release(ec_watch *w) {
 }
 
 int ec_watch_request_progress(ec_client *c) {
-  static const uint8_t req[] = {0x1a, 0x00}; /* WatchRequest.progress_request */
   pthread_mutex_lock(&c->mu);
   int r = 0;
   if (c->wm.stream && !c->wm.stream_ended && !c->closed)
-    r = ec_stream_write_locked(c->wm.stream, req, sizeof req) == 0;
+    r = ec_stream_write_locked(c->wm.stream, PROGRESS_REQ, sizeof PROGRESS_REQ) == 0;
   pthread_mutex_unlock(&c->mu);
   return r;
 }

@@ -57,6 +57,9 @@ ec_client *lb_live_client(lua_State *L, int *nret);
 int lb_push_fail(lua_State *L, const char *msg, const char *code);
 /* Seconds (a non-negative number) to milliseconds; nil gives `dflt`. */
 int64_t lb_opt_ms(lua_State *L, int idx, int64_t dflt);
+/* An optional 1-based endpoint index at idx (nil/0: the client chooses) as
+ * the engine's 0-based channel, or -1; raises when out of range. */
+int lb_opt_chan(lua_State *L, int idx);
 /* The metadata table at idx ({ key = value }) into md (at most
  * EC_MAX_METADATA); returns the count. */
 size_t lb_read_metadata(lua_State *L, int idx, ec_metadata *md);

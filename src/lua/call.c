@@ -127,9 +127,7 @@ static int l_unary(lua_State *L) {
   int64_t ms = lb_opt_ms(L, 4, 10000);
   /* 1-based endpoint index; 0/nil: the client chooses. Read before anything
    * is pushed: the stack grows below. */
-  lua_Integer ci = luaL_optinteger(L, 6, 0);
-  if (ci < 0 || ci > EC_MAX_ENDPOINTS) return luaL_argerror(L, 6, "endpoint index out of range");
-  int chan = (int)ci - 1;
+  int chan = lb_opt_chan(L, 6);
   int fail_fast = lua_toboolean(L, 7);
   lua_settop(L, 7);
   ec_metadata md[EC_MAX_METADATA];

@@ -38,6 +38,12 @@ int64_t lb_opt_ms(lua_State *L, int idx, int64_t dflt) {
   return (int64_t)ceil(s * 1000.0);
 }
 
+int lb_opt_chan(lua_State *L, int idx) {
+  lua_Integer ci = luaL_optinteger(L, idx, 0);
+  if (ci < 0 || ci > EC_MAX_ENDPOINTS) luaL_argerror(L, idx, "endpoint index out of range");
+  return (int)ci - 1;
+}
+
 lclient *lb_check_client(lua_State *L) {
   return luaL_checkudata(L, 1, CLIENT_MT);
 }

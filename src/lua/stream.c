@@ -19,8 +19,7 @@ static int l_stream(lua_State *L) {
   if (!c) return nret;
   const lb_method *m = lb_check_method(L, 2, 1);
   int64_t ms = lb_opt_ms(L, 3, -1);
-  lua_Integer ci = luaL_optinteger(L, 5, 0);
-  if (ci < 0 || ci > EC_MAX_ENDPOINTS) return luaL_argerror(L, 5, "endpoint index out of range");
+  int chan = lb_opt_chan(L, 5);
   lua_settop(L, 4);
   ec_metadata md[EC_MAX_METADATA];
   size_t nmd = lb_read_metadata(L, 4, md);
@@ -30,7 +29,7 @@ static int l_stream(lua_State *L) {
   u->out = m->out;
   luaL_setmetatable(L, STREAM_MT);
   char err[256];
-  u->s = ec_stream_start(c, m->path, ms, (int)ci - 1, md, nmd, err, sizeof err);
+  u->s = ec_stream_start(c, m->path, ms, chan, md, nmd, err, sizeof err);
   if (!u->s) return lb_push_fail(L, err, ec_client_closed(c) ? "closed" : "INTERNAL");
   return 1;
 }
