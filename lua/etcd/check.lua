@@ -29,6 +29,7 @@ local checkers = {
   -- the C core hands them on as C strings
   text = function(v) return type(v) == "string" and not v:find("\0", 1, true) end,
   table = function(v) return type(v) == "table" end,
+  ["function"] = function(v) return type(v) == "function" end,
   integer = function(v) return math.type(v) == "integer" or (math.type(v) == "float" and math.tointeger(v) ~= nil) end,
   -- non-negative seconds, not NaN
   seconds = function(v) return type(v) == "number" and v == v and v >= 0 end,

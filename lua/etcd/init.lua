@@ -372,4 +372,8 @@ cluster.install(Client)
 auth.install(Client)
 
 etcd.Client = Client
+
+--- etcd.mirror(cli, prefix, opts): a local copy of a prefix kept by a watch
+-- (lua/etcd/mirror.lua, README "Mirroring a prefix")
+etcd.mirror = require("etcd.mirror").new
 return etcd
