@@ -197,6 +197,13 @@ local seeds = {
     { "cli:txn", { success = holey(op("get", "a"), op("get", "b")) } },
     { "cli:txn", { success = long_list(129, op("get", "k")) } },
   },
+  ["mirror"] = {
+    { "etcd.mirror", CLI, "cfg/", { page_size = 10, keys_only = true, timeout = 0.01 } },
+    { "etcd.mirror", CLOSED, "cfg/" },
+    { "etcd.mirror", CLI, "cfg/", { page_size = 0 } },
+    { "etcd.mirror", CLI, "", { decode = "x", progress_interval = -1 } },
+    { "etcd.mirror", "cli", 1 },
+  },
   ["exec-batch"] = {
     { "cli:exec", op("get", "k", { limit = 1 }) },
     { "cli:exec", { kind = "get", req = {} } },

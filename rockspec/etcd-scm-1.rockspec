@@ -76,6 +76,7 @@ build = {
       ["etcd.errors"] = "lua/etcd/errors.lua",
       ["etcd.kv"] = "lua/etcd/kv.lua",
       ["etcd.lease"] = "lua/etcd/lease.lua",
+      ["etcd.mirror"] = "lua/etcd/mirror.lua",
       ["etcd.luv"] = "lua/etcd/luv.lua",
       ["etcd.recipes"] = "lua/etcd/recipes.lua",
       ["etcd.rpc"] = "lua/etcd/rpc.lua",
