@@ -1,6 +1,7 @@
 # lua-etcd: build, test and demo. On a fresh Debian 12 machine (as root):
 #   make test    install what is missing, build, run the whole suite against real etcd
-#   make demo    install what is missing, build, run examples/tour.lua against a throw-away etcd
+#   make demo    install what is missing, build, run examples/tour.lua and
+#                examples/mirror_config.lua, each against a throw-away etcd
 
 LUA        ?= lua5.4
 LUA_PC     ?= lua5.4
@@ -111,6 +112,7 @@ test: deps
 demo: deps
 	$(MAKE) all
 	$(LUA_ENV) $(LUA) examples/run.lua examples/tour.lua
+	$(LUA_ENV) $(LUA) examples/run.lua examples/mirror_config.lua
 
 clean:
 	rm -rf $(BUILD)
@@ -308,12 +310,14 @@ fuzz: deps fuzz-deps
 #                          answers, a get's p50 with / without, close, memory
 #                          (BENCH_ROUNDS, BENCH_TTL); results in bench/RESULTS.md
 #   make bench-coroutines  BENCH_N puts from BENCH_N coroutines vs in sequence
-#   make bench             both
+#   make bench-mirror      etcd.mirror against a plain paged get: load time,
+#                          memory per key, CPU per change (BENCH_MIRROR_KEYS)
+#   make bench             all three
 # The Go side builds offline against Debian's etcd 3.4 sources (GOPATH mode).
 BENCH_PKGS = golang-go golang-etcd-server-dev
 
-.PHONY: bench bench-keepalive bench-coroutines bench-deps
-bench: bench-coroutines bench-keepalive
+.PHONY: bench bench-keepalive bench-coroutines bench-mirror bench-deps
+bench: bench-coroutines bench-keepalive bench-mirror
 
 bench-deps:
 	@$(MAKE) --no-print-directory deps DEB_PKGS='$(BENCH_PKGS)'
@@ -321,6 +325,10 @@ bench-deps:
 bench-keepalive: deps bench-deps
 	$(MAKE) all
 	$(LUA_ENV) BENCH_LUA='$(LUA)' $(LUA) bench/keepalive.lua
+
+bench-mirror: deps
+	$(MAKE) all
+	$(LUA_ENV) BENCH_LUA='$(LUA)' $(LUA) bench/mirror.lua
 
 bench-coroutines: deps
 	$(MAKE) all

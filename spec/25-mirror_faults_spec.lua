@@ -39,10 +39,9 @@ describe("etcd.mirror on three members", function()
     cl.members[f]:pause()
     local ok, err = pcall(function()
       local t0 = core.now()
-      local last
-      for i = 1, 20 do last = assert(writer:put(("hs/k%02d"):format(i), "after")).header.revision end
+      for i = 1, 20 do assert(writer:put(("hs/k%02d"):format(i), "after")) end
       assert(writer:delete("hs/k50"))
-      last = assert(writer:put("hs/new", "x")).header.revision
+      local last = assert(writer:put("hs/new", "x")).header.revision
       -- the watch stream is silent 5 s, gets a progress request, and when
       -- nothing comes 3 s later it moves to another member
       assert.equal(last, m:wait(last, 20 * helpers.slowdown))

@@ -73,11 +73,19 @@ local function tick(self)
   t:signal()
 end
 
+-- The value m:get gives for a kv: decoded ones are kept in `vals` (only
+-- with `decode`: without, the kv's own value is it, and nothing is stored).
+local function value_of(self, key, kvv, vals)
+  if kvv == nil then return nil end
+  if self._decode then return vals[key] end
+  if self._keys_only then return true end
+  return kvv.value
+end
+
 local function decoded(self, key, kvv, vals, derr)
   local dec = self._decode
   if self._keys_only then
     kvv.value = nil
-    vals[key] = true
   elseif dec then
     local ok, v, e = pcall(dec, kvv.value, key)
     if ok and v ~= nil then
@@ -85,8 +93,6 @@ local function decoded(self, key, kvv, vals, derr)
     else
       vals[key], derr[key] = nil, tostring(ok and (e or "decode returned nil") or v)
     end
-  else
-    vals[key] = kvv.value
   end
 end
 
@@ -133,7 +139,7 @@ local function swap(self, ld)
     for key, o in pairs(old) do
       if ld.kvs[key] == nil then
         n = n + 1
-        batch[n] = { kind = "delete", key = key, prev_kv = o, prev_value = oldv[key] }
+        batch[n] = { kind = "delete", key = key, prev_kv = o, prev_value = value_of(self, key, o, oldv) }
       end
     end
     for key, k in pairs(ld.kvs) do
@@ -141,7 +147,8 @@ local function swap(self, ld)
       if not o or o.mod_revision ~= k.mod_revision or o.create_revision ~= k.create_revision
         or o.value ~= k.value or o.lease ~= k.lease then
         n = n + 1
-        batch[n] = { kind = "put", key = key, kv = k, value = ld.vals[key], prev_kv = o, prev_value = oldv[key] }
+        batch[n] = { kind = "put", key = key, kv = k, value = value_of(self, key, k, ld.vals), prev_kv = o,
+                     prev_value = value_of(self, key, o, oldv) }
       end
     end
     table.sort(batch, function(a, b) return a.key < b.key end)
@@ -211,7 +218,7 @@ local function apply_events(self, events)
     end
     local key = k.key
     local prev = kvs[key]
-    local prev_value = vals[key]
+    local prev_value = value_of(self, key, prev, vals)
     if ev.type == "DELETE" then
       if prev ~= nil then
         kvs[key], vals[key], derr[key] = nil, nil, nil
@@ -222,7 +229,7 @@ local function apply_events(self, events)
       if prev == nil then self._n = self._n + 1 end
       kvs[key] = k
       decoded(self, key, k, vals, derr)
-      batch[#batch + 1] = { kind = "put", key = key, kv = k, value = vals[key], prev_kv = prev,
+      batch[#batch + 1] = { kind = "put", key = key, kv = k, value = value_of(self, key, k, vals), prev_kv = prev,
                             prev_value = prev_value }
     end
     self._seen, self._last_ev = rev, rev
@@ -477,7 +484,7 @@ function Mirror:get(key)
   catch_up(self)
   local k = self._kvs[key]
   if k == nil then return nil end
-  return self._vals[key], k, self._derr[key]
+  return value_of(self, key, k, self._vals), k, self._derr[key]
 end
 
 --- for key, value, kv in m:pairs() do ... end: the copy at one revision, in
@@ -495,7 +502,8 @@ function Mirror:pairs()
   local ks, vs = {}, {}
   for i = 1, n do
     local key = keys[i]
-    ks[i], vs[i] = kvs[key], vals[key]
+    local k = kvs[key]
+    ks[i], vs[i] = k, value_of(self, key, k, vals)
   end
   local i = 0
   return function()
