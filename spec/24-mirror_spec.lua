@@ -283,6 +283,74 @@ describe("etcd.mirror", function()
     assert.equal("closed", code, msg)
   end)
 
+  it("m:close() from another coroutine ends m:run at once; a closed client ends m:run and m:changes", function()
+    assert(cli:put("cr/a", "1"))
+    local m = assert(etcd.mirror(cli, "cr/"))
+    local t0, took
+    local runner = etcd.spawn(function()
+      local r = { m:run() }
+      took = helpers.now() - t0
+      return table.unpack(r)
+    end)
+    etcd.spawn(function()
+      etcd.sleep(0.2)
+      t0 = helpers.now()
+      m:close()
+    end)
+    etcd.run()
+    local ok, res = runner:join()
+    assert.is_true(ok)
+    assert.is_true(res)
+    assert.is_true(took < 1, ("m:run returned %.2f s after m:close()"):format(took))
+    -- a client closed under a running mirror and an iterator
+    local c2 = assert(etcd.new { endpoints = srv.endpoints })
+    local m2 = assert(etcd.mirror(c2, "cr/"))
+    local got
+    local iter = etcd.spawn(function()
+      got = 0
+      for _ in m2:changes() do got = got + 1 end
+      return "ended"
+    end)
+    local run2 = etcd.spawn(function() return m2:run() end)
+    etcd.spawn(function()
+      assert(c2:put("cr/b", "2"))
+      etcd.sleep(0.3)
+      c2:close()
+    end)
+    etcd.run()
+    assert.same({ true, "ended" }, { iter:join() })
+    assert.equal(1, got)
+    local ok2, r2, msg2, code2 = run2:join()
+    assert.is_true(ok2)
+    assert.is_nil(r2)
+    assert.equal("closed", code2, msg2)
+    assert.equal("closed", (m2:status()))
+    assert.equal("2", (m2:get("cr/b")))
+  end)
+
+  it("follows etcd's own progress notifications when idle, and tells on_error what does not decode", function()
+    -- the specs' etcd sends a progress notification every second
+    -- (--experimental-watch-progress-notify-interval=1s)
+    local errs = {}
+    local m <close> = assert(etcd.mirror(cli, "pn/", {
+      decode = function(v) return assert(tonumber(v), "NaN") end,
+      on_error = function(msg, code) errs[#errs + 1] = { msg, code } end,
+    }))
+    local o = assert(cli:put("elsewhere/pn", "x")).header.revision
+    assert.is_true(o > m:revision())
+    assert.is_true(helpers.eventually(5, function()
+      m:poll(0.5)
+      return m:revision() >= o
+    end))
+    assert.same({}, errs)
+    local p = assert(cli:put("pn/bad", "x")).header.revision
+    assert(m:wait(p, 5))
+    assert.equal(1, #errs)
+    assert.equal("decode", errs[1][2])
+    assert.matches('cannot decode the value of "pn/bad"', errs[1][1])
+    assert.equal("live", m:status())
+  end)
+
   it("raises on misuse", function()
     assert.has_error(function() etcd.mirror(nil, "x/") end,
       "etcd.mirror: bad argument #1 (cli): etcd.client expected, got nil")

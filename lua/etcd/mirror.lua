@@ -29,6 +29,7 @@ local OPTS = {
   progress_interval = "seconds",
 }
 
+local CLOSED = "etcd: mirror is closed"
 local PAGE = 1000
 local PROGRESS_EVERY = 10   -- ask etcd where the store is after this much silence
 local PROVE_FIRST, PROVE_AGAIN = 0.02, 0.5 -- m:wait: when a read proves a revision
@@ -42,8 +43,8 @@ function Mirror.__valid(v) return rawget(v, "_kvs") ~= nil end
 -- ---------------------------------------------------------------------------
 -- helpers
 
-local function report(self, msg, code)
-  self._err = { msg, code }
+-- Tell on_error (a callback's failure, a value that does not decode).
+local function notify(self, msg, code)
   local f = self._on_error
   if f then
     local ok, e = pcall(f, msg, code)
@@ -51,9 +52,24 @@ local function report(self, msg, code)
   end
 end
 
--- A failure that the next round retries after a pause (doubling).
+local function close_watch(self)
+  local w = self._w
+  if w then
+    self._w = nil
+    w:close()
+  end
+end
+
+-- A failure that the next round retries after a pause (doubling); a closed
+-- client ends the mirror instead.
 local function failed(self, msg, code)
-  report(self, msg, code)
+  if code == "closed" or self._cli._core:_closed() then
+    self._dead = { msg, "closed" }
+    close_watch(self)
+    return nil, msg, "closed"
+  end
+  self._err = { msg, code }
+  notify(self, msg, code)
   local b = self._backoff
   self._retry_at = now() + b * (0.9 + 0.2 * math.random())
   self._backoff = math.min(b * 2, BACKOFF_MAX)
@@ -91,7 +107,9 @@ local function decoded(self, key, kvv, vals, derr)
     if ok and v ~= nil then
       vals[key], derr[key] = v, nil
     else
-      vals[key], derr[key] = nil, tostring(ok and (e or "decode returned nil") or v)
+      local err = tostring(ok and (e or "decode returned nil") or v)
+      vals[key], derr[key] = nil, err
+      notify(self, ("etcd.mirror: cannot decode the value of %q: %s"):format(key, err), "decode")
     end
   end
 end
@@ -108,16 +126,8 @@ local function deliver(self, batch)
     for i = 1, #batch do
       local c = batch[i]
       local ok, e = pcall(f, c.kind, c.key, c.kv, c.prev_kv, c.value)
-      if not ok then report(self, ("etcd.mirror: on_change failed: %s"):format(tostring(e)), "callback") end
+      if not ok then notify(self, ("etcd.mirror: on_change failed: %s"):format(tostring(e)), "callback") end
     end
-  end
-end
-
-local function close_watch(self)
-  local w = self._w
-  if w then
-    self._w = nil
-    w:close()
   end
 end
 
@@ -154,7 +164,11 @@ local function swap(self, ld)
     table.sort(batch, function(a, b) return a.key < b.key end)
   end
   self._kvs, self._vals, self._derr, self._n = ld.kvs, ld.vals, ld.derr, ld.n
-  self._rev, self._seen, self._last_ev = ld.rev, ld.rev, nil
+  -- a revision m:wait proved against the old copy holds for the new one
+  -- (nothing in the prefix changed between the old copy and it, and the
+  -- load began in between), unless the store went back
+  if ld.why == "restored" or ld.rev > self._rev then self._rev = ld.rev end
+  self._seen, self._last_ev, self._last_n, self._skip = ld.rev, nil, 0, nil
   self._cluster = ld.cluster
   self._loading, self._need = nil, nil
   self._heard = now()
@@ -177,6 +191,10 @@ local function load(self, dl)
   while true do
     local res, msg, code = cli:get(ld.key, { range_end = self._end, limit = self._page, revision = ld.rev,
                                              keys_only = self._keys_only, timeout = self._timeout })
+    if self._closed then -- closed meanwhile: the copy stays as it was
+      self._loading = nil
+      return nil, CLOSED, "closed"
+    end
     if not res then
       if code == "compacted" then self._loading = nil end -- its revision is gone: start again
       return nil, msg, code
@@ -191,7 +209,12 @@ local function load(self, dl)
       local key = k.key
       if kvs[key] == nil then ld.n = ld.n + 1 end
       kvs[key] = k
-      decoded(self, key, k, vals, derr)
+      local o = self._decode and self._kvs[key]
+      if o and o.mod_revision == k.mod_revision and o.value == k.value then
+        vals[key], derr[key] = self._vals[key], self._derr[key] -- decoded once
+      else
+        decoded(self, key, k, vals, derr)
+      end
     end
     if not res.more or #list == 0 then
       swap(self, ld)
@@ -232,6 +255,7 @@ local function apply_events(self, events)
       batch[#batch + 1] = { kind = "put", key = key, kv = k, value = value_of(self, key, k, vals), prev_kv = prev,
                             prev_value = prev_value }
     end
+    if rev == self._last_ev then self._last_n = self._last_n + 1 else self._last_n = 1 end
     self._seen, self._last_ev = rev, rev
     if rev > self._rev then self._rev = rev end
   end
@@ -247,23 +271,38 @@ local function apply(self, resp)
     return false
   end
   local events = resp.events
+  local skip = self._skip
+  if skip and #events > 0 then
+    -- a watch opened again inside a revision: drop what was applied of it
+    local i = 1
+    while i <= #events and skip.n > 0 and events[i].kv.mod_revision == skip.rev do
+      i, skip.n = i + 1, skip.n - 1
+    end
+    if i > 1 then events = table.move(events, i, #events, 1, {}) end
+    if #events > 0 or skip.n == 0 then self._skip = nil end
+    if #events == 0 then return false end
+  end
   if #events == 0 then
     if resp.progress_notify and h then
       local r = h.revision
-      if r < self._rev then
-        -- a member behind the one we heard from, or a cluster restored from a
-        -- snapshot: a linearizable read tells
-        self._suspect = true
-      elseif resp.watch_id ~= -1 and r > self._seen then
+      if resp.watch_id ~= -1 then
         -- etcd's own notification for this watch comes in order with its
-        -- events: everything up to r was sent. (The answer to a progress
-        -- request, watch_id -1, is not: etcd 3.4 sends it ahead of events
-        -- still queued, so it only says where the store is.)
-        self._seen, self._last_ev = r, nil
-        if r > self._rev then
-          self._rev = r
-          return true
+        -- events: everything up to r was sent
+        if r < self._seen then
+          self._suspect = true -- a member behind the others, or a store gone back
+        elseif r > self._seen then
+          self._seen, self._last_ev, self._skip = r, nil, nil
+          if r > self._rev then
+            self._rev = r
+            return true
+          end
         end
+      elseif r < self._rev then
+        -- The answer to a progress request (watch_id -1) only says where
+        -- the store is: etcd 3.4 sends it ahead of events still queued.
+        -- Below the copy: a member behind the one we heard from, or a store
+        -- restored from a snapshot; a linearizable read tells.
+        self._suspect = true
       end
     end
     return false
@@ -285,11 +324,10 @@ local function ended(self, msg, code)
     need_reload(self, "compacted")
     return true
   end
-  if code == "closed" then
-    self._dead = { msg, code }
-    return nil, msg, code
+  if code == "closed" and not self._cli._core:_closed() then
+    return true -- our own watch, closed by m:close() or for a reload
   end
-  return failed(self, msg, code)
+  return failed(self, msg, code) -- (a closed client ends the mirror there)
 end
 
 -- Apply everything the watch has queued, without waiting. Returns the number
@@ -313,9 +351,27 @@ end
 -- one round of work, by the coroutine that holds the mirror
 
 local function open_watch(self)
-  local w, msg, code = self._cli:watch(self._prefix, { range_end = self._end, start_revision = self._seen + 1,
-                                                       progress_notify = true })
-  if not w then return nil, msg, code end
+  -- Open at the revision after the last one seen whole; after an event, at
+  -- that event's revision, dropping the events of it already applied (a
+  -- queue pause of the engine may have ended a response inside it).
+  local start = self._seen + 1
+  if self._last_ev == self._seen and self._last_n > 0 then
+    start = self._seen
+    self._skip = { rev = self._seen, n = self._last_n }
+  end
+  -- `fragment`: the pieces of a large response are joined, so a revision
+  -- is applied whole
+  local w, msg, code = self._cli:watch(self._prefix, { range_end = self._end, start_revision = start,
+                                                       progress_notify = true, fragment = true })
+  if not w then
+    self._skip = nil
+    return nil, msg, code
+  end
+  if self._closed then -- closed while the watch was being created
+    w:close()
+    self._skip = nil
+    return nil, CLOSED, "closed"
+  end
   self._w = w
   self._watches = self._watches + 1
   self._heard = now()
@@ -327,13 +383,16 @@ end
 -- prefix holds as many keys then as the copy: one read at that revision
 -- (etcd's count ignores the revision filter). Then the copy reflects it.
 local function prove(self, revision)
+  if self._need or self._suspect then return false end -- a reload decides
   local rev0, n0 = self._rev, self._n
   local res, msg, code = self._cli:get(self._prefix, {
     range_end = self._end, revision = revision, min_mod_revision = rev0 + 1, keys_only = true, limit = 1,
     timeout = self._timeout,
   })
   if not res then return nil, msg, code end
-  if self._rev ~= rev0 or self._n ~= n0 then return false end -- moved meanwhile: look again
+  if self._rev ~= rev0 or self._n ~= n0 or self._need or self._suspect then
+    return false -- moved meanwhile: look again
+  end
   if #res.kvs == 0 and res.count == n0 and revision > self._rev then
     self._rev = revision
     tick(self)
@@ -367,19 +426,24 @@ local function round(self, dl)
       if now() < self._retry_at then return nil, self._err[1], self._err[2] end
     end
   end
+  -- (each step below may yield: m:close() from another coroutine, or from
+  -- on_change, ends the round after it)
   if self._need then
     local ok, msg, code = load(self, dl)
+    if self._closed then return nil, CLOSED, "closed" end
     if ok == nil then return failed(self, msg, code) end
     succeeded(self)
     if ok == false then return true end
   end
   if self._suspect then
     local ok, msg, code = confirm(self)
+    if self._closed then return nil, CLOSED, "closed" end
     if not ok then return failed(self, msg, code) end
     if self._need then return true end
   end
   if not self._w then
     local ok, msg, code = open_watch(self)
+    if self._closed then return nil, CLOSED, "closed" end
     if not ok then return failed(self, msg, code) end
     succeeded(self)
   end
@@ -389,8 +453,8 @@ local function round(self, dl)
   -- nothing queued: wait for the watch, and ask etcd where the store is when
   -- it has been silent for a while
   local t = now()
-  local ask_at = self._heard + self._progress
-  if t >= ask_at and t - self._asked >= self._progress then
+  local ask_at = math.max(self._heard, self._asked) + self._progress
+  if t >= ask_at then
     self._asked = t
     self._cli:request_progress()
     ask_at = t + self._progress
@@ -399,7 +463,7 @@ local function round(self, dl)
   if not until_ or ask_at < until_ then until_ = ask_at end
   local w = self._w
   local a, b, c = wait.loop_alone(w, until_, "etcd.mirror", 1)
-  if a == wait.TIMEOUT then return true end
+  if a == wait.TIMEOUT or self._closed then return true end
   if a == nil then
     local ok, m, cc = ended(self, b, c)
     if ok == nil then return nil, m, cc end
@@ -414,7 +478,7 @@ end
 -- Take the mirror and do one round; if another coroutine holds it, wait for
 -- its next round instead. Returns true or nil, msg, code.
 local function advance(self, dl)
-  if self._closed then return nil, "etcd: mirror is closed", "closed" end
+  if self._closed then return nil, CLOSED, "closed" end
   local b = self._busy
   if b == coroutine.running() then
     error("etcd.mirror: a mirror cannot be waited on from its own on_change or on_error", 3)
@@ -459,7 +523,8 @@ function M.new(cli, prefix, opts)
     _page = page, _keys_only = o.keys_only or false, _decode = o.decode, _timeout = o.timeout,
     _on_change = o.on_change, _on_error = o.on_error,
     _progress = (o.progress_interval and o.progress_interval > 0) and o.progress_interval or PROGRESS_EVERY,
-    _kvs = {}, _vals = {}, _derr = {}, _n = 0, _rev = 0, _seen = 0, _last_ev = nil, _cluster = nil,
+    _kvs = {}, _vals = {}, _derr = {}, _n = 0, _rev = 0, _seen = 0, _last_ev = nil, _last_n = 0, _skip = nil,
+    _cluster = nil,
     _need = "initial", _loading = nil, _w = nil, _suspect = nil,
     _subs = setmetatable({}, { __mode = "k" }), _tick = wait.event(),
     _busy = nil, _closed = false, _dead = nil, _err = nil,
@@ -556,7 +621,7 @@ function Mirror:wait(revision, timeout)
   local next_check = now() + PROVE_FIRST
   local last_err
   while self._rev < revision do
-    if self._closed then return nil, "etcd: mirror is closed", "closed" end
+    if self._closed then return nil, CLOSED, "closed" end
     if self._dead then return nil, self._dead[1], self._dead[2] end
     local t = now()
     if dl and t >= dl then
