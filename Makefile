@@ -304,6 +304,12 @@ fuzz: deps fuzz-deps
 
 # ---------------------------------------------------------------------------
 # Benchmarks (bench/): scripts against a throw-away etcd, printing ratios.
+#   make bench-kv          every workload of bench/run.lua (put_seq, get_seq,
+#                          get_100, get_100_ns, txn_cas_seq, lease_seq,
+#                          put_conc, watch) by ours, etcd's Go client, Node's
+#                          etcd3 and the bare gRPC floor, rounds interleaved
+#                          (BENCH_ROUNDS, BENCH_SCALE, BENCH_WORKLOADS,
+#                          BENCH_MEM=1 for the memory workloads)
 #   make bench-keepalive   keepalive_scale, ours against etcd's Go client in
 #                          one run, rounds interleaved: BENCH_KA leases started
 #                          at once (default "20000 100000"), lost, first
@@ -312,15 +318,27 @@ fuzz: deps fuzz-deps
 #   make bench-coroutines  BENCH_N puts from BENCH_N coroutines vs in sequence
 #   make bench-mirror      etcd.mirror against a plain paged get: load time,
 #                          memory per key, CPU per change (BENCH_MIRROR_KEYS)
-#   make bench             all three
-# The Go side builds offline against Debian's etcd 3.4 sources (GOPATH mode).
-BENCH_PKGS = golang-go golang-etcd-server-dev
+#   make bench             all four
+# The Go side builds offline against Debian's etcd 3.4 sources (GOPATH mode);
+# Node's etcd3 comes from the npm registry, pinned by bench/node/package-lock.json.
+BENCH_PKGS = golang-go golang-etcd-server-dev curl
 
-.PHONY: bench bench-keepalive bench-coroutines bench-mirror bench-deps
-bench: bench-coroutines bench-keepalive bench-mirror
+.PHONY: bench bench-kv bench-keepalive bench-coroutines bench-mirror bench-deps
+bench: bench-kv bench-coroutines bench-keepalive bench-mirror
 
 bench-deps:
 	@$(MAKE) --no-print-directory deps DEB_PKGS='$(BENCH_PKGS)'
+	@command -v node >/dev/null 2>&1 || $(MAKE) --no-print-directory deps DEB_PKGS=nodejs
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps DEB_PKGS=npm
+	@test -d bench/node/node_modules/etcd3 || (cd bench/node && npm ci --no-audit --no-fund)
+
+$(BUILD)/bench/floor: bench/floor.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 -g -Wall -Wextra -Werror $(ENGINE_PKG_CFLAGS) -o $@ $< $(PKG_LIBS)
+
+bench-kv: deps bench-deps
+	$(MAKE) all $(BUILD)/bench/floor
+	$(LUA_ENV) BENCH_LUA='$(LUA)' $(LUA) bench/run.lua
 
 bench-keepalive: deps bench-deps
 	$(MAKE) all
