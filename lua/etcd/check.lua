@@ -46,6 +46,9 @@ local checkers = {
 }
 M.checkers = checkers
 
+-- What a checked value of `kind` becomes (integers as integers).
+local INTEGRAL = { integer = true, ["non-negative integer"] = true, size = true }
+
 --- Check a value against a kind name (a key of `checkers`) or an enum table
 -- (accepted names -> wire value). Returns the normalised value or raises.
 function M.value(v, kind, what, level)
@@ -71,7 +74,7 @@ function M.value(v, kind, what, level)
     if (kind == "size" or kind == "non-negative integer") and type(v) == "number" then got = tostring(v) end
     error(("%s: %s expected, got %s"):format(what, want, got), level + 1)
   end
-  if kind == "integer" or kind == "non-negative integer" or kind == "size" then return math.tointeger(v) end
+  if INTEGRAL[kind] then return math.tointeger(v) end
   return v
 end
 
@@ -91,7 +94,14 @@ function M.options(opts, spec, fname, level)
     if kind == nil then
       error(("%s: unknown option %s"):format(fname, M.name(k)), level + 1)
     end
-    out[k] = M.value(v, kind, ("%s: option %s"):format(fname, M.name(k)), level + 1)
+    -- the message is made only for a value that fails
+    local c = checkers[kind]
+    if c and c(v) then
+      if INTEGRAL[kind] then v = math.tointeger(v) end
+      out[k] = v
+    else
+      out[k] = M.value(v, kind, ("%s: option %s"):format(fname, M.name(k)), level + 1)
+    end
   end
   return out
 end
@@ -140,6 +150,12 @@ end
 
 --- Check a positional argument.
 function M.arg(v, kind, n, name, fname, level)
+  -- the message is made only for a value that fails
+  local c = checkers[kind]
+  if c and c(v) then
+    if INTEGRAL[kind] then return math.tointeger(v) end
+    return v
+  end
   local out = M.value(v, kind, ("%s: bad argument #%d (%s)"):format(fname, n, name), level + 1)
   return out -- not a tail call: `level` counts this frame
 end

@@ -86,8 +86,10 @@ end
 --- Reap the tokens made ready on client `cc` (an etcd.core client) and wake
 -- their waiters. Safe to call from anywhere, any number of times: a reap with
 -- nothing ready costs one read() that finds the eventfd empty.
+local spare = {} -- dispatch's buffer, lent to one dispatch at a time
 function M.dispatch(cc)
-  local buf = {}
+  local buf = spare or {}
+  spare = nil
   local n = cc:_reap(buf)
   for i = 1, n do
     local tok = buf[i]
@@ -101,6 +103,7 @@ function M.dispatch(cc)
       end
     end
   end
+  spare = buf
   return n
 end
 
@@ -177,11 +180,22 @@ end
 -- on `tok` of client `cc` until the absolute deadline `dl` (nil: none).
 -- Returns step's values, or wait.TIMEOUT once `dl` passed with nothing.
 function M.loop(cc, tok, dl, step)
+  local drv
   while true do
     local a, b, c, d = step()
     if a ~= false then return a, b, c, d end
     if dl and now() >= dl then return M.TIMEOUT end
-    M.park(cc, tok, dl)
+    drv = drv or M.driver()
+    if drv == blocking and cc then
+      -- what blocking.park does, without parking a record nobody but this
+      -- thread could wake: sleep on the client's eventfd, reap, look again
+      local left = dl and dl - now()
+      if left and left < 0 then left = 0 end
+      cc:_wait(left)
+      M.dispatch(cc)
+    else
+      M.park(cc, tok, dl)
+    end
   end
 end
 
