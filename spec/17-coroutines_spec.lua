@@ -130,6 +130,45 @@ describe("coroutines", function()
     assert.equal(0, #require("etcd.sched")._state.timers)
   end)
 
+  it("deadlines still fire on time while thousands of finished waits leave dead timers behind", function()
+    assert(cli:put("co/dl", "x"))
+    local sched = require "etcd.sched"
+    local woke, timed_out = {}, nil
+    local t0 = core.now()
+    for i, d in ipairs { 0.6, 0.2, 0.4 } do
+      etcd.spawn(function()
+        etcd.sleep(d)
+        woke[i] = core.now() - t0
+      end)
+    end
+    local w = assert(cli:watch("co/dl-never"))
+    etcd.spawn(function()
+      local r, _, code = w:next(0.5)
+      timed_out = { r, code, core.now() - t0 }
+    end)
+    local max_heap = 0
+    for _ = 1, 64 do
+      etcd.spawn(function()
+        while core.now() - t0 < 0.8 do
+          assert(cli:get("co/dl"))
+          max_heap = math.max(max_heap, #sched._state.timers)
+        end
+      end)
+    end
+    etcd.run()
+    w:close()
+    -- each on time (within a slack for a loaded machine), in order
+    for i, d in ipairs { 0.6, 0.2, 0.4 } do
+      assert.is_true(woke[i] >= d and woke[i] < d + 0.3 * helpers.slowdown, ("sleep %g woke at %.3f"):format(d, woke[i]))
+    end
+    assert.is_nil(timed_out[1])
+    assert.equal("timeout", timed_out[2])
+    assert.is_true(timed_out[3] >= 0.5 and timed_out[3] < 0.8 * helpers.slowdown, tostring(timed_out[3]))
+    -- the dead were dropped as they piled up (64 waits live at a time)
+    assert.is_true(max_heap < 400, "timer heap grew to " .. max_heap)
+    assert.equal(0, #sched._state.timers)
+  end)
+
   it("a coroutine waiting on a keep-alive sees the lease lost", function()
     local l = assert(cli:grant(5))
     local ka = assert(cli:keepalive(l.id))

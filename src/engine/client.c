@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -472,6 +473,7 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
   ec_client *c = calloc(1, sizeof *c);
   if (!c) goto oom;
   atomic_init(&c->refs, 1);
+  atomic_init(&c->starting, 0);
   c->efd = -1;
   pthread_mutex_init(&c->mu, NULL);
   c->pid = (long)getpid();
@@ -590,6 +592,9 @@ void ec_client_close(ec_client *c) {
   ec_streams_cancel_all(c);
   for (size_t i = 0; i < c->nmanagers; i++) c->managers[i]->close_all_locked(c);
   pthread_mutex_unlock(&c->mu);
+  /* A unary call made before `closed` was set may still be starting its
+   * batch (ec_unary_start): let it, before the queue shuts down. */
+  while (atomic_load(&c->starting) > 0) sched_yield();
   /* Pending connectivity watches complete when their channel is destroyed. */
   for (size_t i = 0; i < c->nchan; i++)
     if (c->chans[i].channel) {
@@ -961,20 +966,6 @@ ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
   k->send_buf = grpc_raw_byte_buffer_create(&body, 1);
   grpc_slice_unref(body);
 
-  pthread_mutex_lock(&c->mu);
-  if (c->closed) {
-    pthread_mutex_unlock(&c->mu);
-    snprintf(err, errlen, "client closed");
-    goto fail;
-  }
-  k->call = ec_create_call_locked(c, chan, path, timeout_ms, &k->chan);
-  k->picked = chan < 0;
-  k->timeout_ms = timeout_ms;
-  if (!k->call) {
-    pthread_mutex_unlock(&c->mu);
-    snprintf(err, errlen, "cannot create a gRPC call");
-    goto fail;
-  }
   grpc_op ops[6];
   memset(ops, 0, sizeof ops);
   ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
@@ -995,19 +986,50 @@ ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
   ops[5].data.recv_status_on_client.status = &k->status;
   ops[5].data.recv_status_on_client.status_details = &k->details;
   ops[5].data.recv_status_on_client.error_string = &k->error_string;
-  grpc_call_error e = grpc_call_start_batch(k->call, ops, 6, &k->tag, NULL);
-  if (e != GRPC_CALL_OK) {
-    grpc_call_unref(k->call);
-    k->call = NULL;
+
+  /* The call is made and listed (so that close and cancel find it) under
+   * the lock; its batch, the costly part, starts outside it, so that the
+   * pump is not held up meanwhile (with many calls in flight the two
+   * threads fought over the lock on every call). */
+  pthread_mutex_lock(&c->mu);
+  if (c->closed) {
     pthread_mutex_unlock(&c->mu);
-    snprintf(err, errlen, "cannot start a gRPC call (error %d)", (int)e);
+    snprintf(err, errlen, "client closed");
+    goto fail;
+  }
+  k->call = ec_create_call_locked(c, chan, path, timeout_ms, &k->chan);
+  k->picked = chan < 0;
+  k->timeout_ms = timeout_ms;
+  if (!k->call) {
+    pthread_mutex_unlock(&c->mu);
+    snprintf(err, errlen, "cannot create a gRPC call");
     goto fail;
   }
   k->next = c->inflight;
   if (c->inflight) c->inflight->prev = k;
   c->inflight = k;
   c->ninflight++;
+  atomic_fetch_add(&c->starting, 1);
   pthread_mutex_unlock(&c->mu);
+
+  grpc_call_error e = grpc_call_start_batch(k->call, ops, 6, &k->tag, NULL);
+  if (e != GRPC_CALL_OK) {
+    pthread_mutex_lock(&c->mu);
+    if (k->prev) k->prev->next = k->next;
+    else c->inflight = k->next;
+    if (k->next) k->next->prev = k->prev;
+    c->ninflight--;
+    grpc_call *call = k->call;
+    k->call = NULL;
+    pthread_mutex_unlock(&c->mu);
+    grpc_call_unref(call);
+    atomic_fetch_sub(&c->starting, 1);
+    snprintf(err, errlen, "cannot start a gRPC call (error %d)", (int)e);
+    goto fail;
+  }
+  /* (the call may have completed already: k stays alive by the caller's
+   * reference) */
+  atomic_fetch_sub(&c->starting, 1);
   return k;
 
 fail_oom:

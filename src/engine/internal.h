@@ -179,6 +179,9 @@ typedef struct ec_wm {
 
 struct ec_client {
   atomic_int refs;
+  /* unary calls between their creation (under mu) and the start of their
+   * batch (outside it): close waits for none before it shuts the queue */
+  atomic_int starting;
   pthread_mutex_t mu;
   grpc_completion_queue *cq;
   pthread_t pump;
