@@ -258,9 +258,10 @@ function Client:_check_auth(dl)
   end
 end
 
--- A unary call (rpc.call): deadline, single-flight re-login.
-function Client:_call(method, req, timeout, chan)
-  return rpc.call(self, method, req, timeout, chan)
+-- A unary call (rpc.call): deadline, single-flight re-login. `ns`: the
+-- namespace to take off the keys of the result.
+function Client:_call(method, req, timeout, chan, ns)
+  return rpc.call(self, method, req, timeout, chan, ns)
 end
 
 -- Send an op (etcd.op.*) and shape its result.
@@ -269,9 +270,10 @@ function Client:_send(op, timeout)
   if ns ~= "" and op.kind ~= "txn" and op.req.key == "" and (op.req.range_end or "") == "" then
     return nil, "etcdserver: key is not provided", "INVALID_ARGUMENT"
   end
-  local res, msg, code = self:_call(txn.KIND_METHOD[op.kind], txn.wire(ns, op.kind, op.req), timeout)
+  local res, msg, code = self:_call(txn.KIND_METHOD[op.kind], txn.wire(ns, op.kind, op.req), timeout, nil,
+    ns ~= "" and ns or nil)
   if not res then return nil, msg, code end
-  return txn.shape(ns, op.kind, res)
+  return txn.shape("", op.kind, res) -- (the keys came without the namespace)
 end
 
 -- ---------------------------------------------------------------------------

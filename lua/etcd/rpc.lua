@@ -22,8 +22,9 @@ M.auth_refusal = core.auth_refusal
 
 --- Start one unary call and wait for it until the absolute deadline `dl`.
 -- `md`: the metadata to send (the token) or nil; `chan`: 1-based endpoint
--- index or nil; `fail_fast`: do not wait for a connection.
-function M.once(cc, method, req, dl, md, chan, fail_fast)
+-- index or nil; `fail_fast`: do not wait for a connection; `ns`: a
+-- namespace to take off the keys of the result (done while decoding).
+function M.once(cc, method, req, dl, md, chan, fail_fast, ns)
   local left = dl - now()
   if left < 0 then left = 0 end
   local h, msg, code = cc:_unary(method, req, left, md, chan, fail_fast)
@@ -34,7 +35,7 @@ function M.once(cc, method, req, dl, md, chan, fail_fast)
     return errors.fail("etcd: no answer before the deadline", "timeout")
   end
   local res
-  res, msg, code = h:result()
+  res, msg, code = h:result(ns)
   if res == nil then return errors.fail(msg, code) end
   return res
 end
@@ -112,7 +113,7 @@ local WAIT_BETWEEN, JITTER = 0.025, 0.10
 -- call that failed with UNAVAILABLE is sent again (the client picks a member
 -- that is up) until it succeeds, fails otherwise, or its deadline comes;
 -- only with more than one endpoint, and not when `chan` names the member.
-function M.call(cli, method, req, timeout, chan)
+function M.call(cli, method, req, timeout, chan, ns)
   -- auto_sync_interval: the first call after the interval refreshes the
   -- endpoints first (cli:sync); its failure is not this call's
   if cli._sync_every and not cli._syncing and now() >= cli._sync_at then
@@ -130,12 +131,12 @@ function M.call(cli, method, req, timeout, chan)
   while true do
     local md = cli._md
     local send = repeatable and md or with_leader(cli, md)
-    local res, msg, code = M.once(cc, method, req, dl, send, chan)
+    local res, msg, code = M.once(cc, method, req, dl, send, chan, nil, ns)
     if not res and cli._login and M.auth_refusal(msg) then
       local ok, m2, c2 = M.relogin(cli, md, dl)
       if not ok then return nil, m2, c2 end
       send = repeatable and cli._md or with_leader(cli, cli._md)
-      res, msg, code = M.once(cc, method, req, dl, send, chan)
+      res, msg, code = M.once(cc, method, req, dl, send, chan, nil, ns)
     end
     if res then return res end
     if not retry or not (repeatable and RETRY_ON[code] or code == "no_leader") then return nil, msg, code end

@@ -26,11 +26,6 @@ local CORE_WATCH_MT = debug.getregistry()["etcd.core.watch"]
 function Watch.__valid(v) return getmetatable(rawget(v, "_h")) == CORE_WATCH_MT end
 M.Watch = Watch
 
-local function strip(ns, ev)
-  if ev.kv and ev.kv.key:sub(1, #ns) == ns then ev.kv.key = ev.kv.key:sub(#ns + 1) end
-  if ev.prev_kv and ev.prev_kv.key:sub(1, #ns) == ns then ev.prev_kv.key = ev.prev_kv.key:sub(#ns + 1) end
-end
-
 -- The failure that ends a watch: remembered, so every later call says it too.
 local function finish(self, msg, code)
   self._err = { msg, code }
@@ -46,15 +41,15 @@ end
 -- One look at the engine's queue: a response, false (nothing yet), or
 -- nil, msg, code once the watch has ended.
 local function look(self)
-  local resp, st, reason, compact = self._h:read()
+  local ns = self._ns
+  -- (the engine takes the namespace off the keys while decoding)
+  local resp, st, reason, compact = self._h:read(ns ~= "" and ns or nil)
   if resp then
     if resp.canceled then
       if resp.compact_revision > 0 then return compacted(self, resp.compact_revision) end
       local msg = resp.cancel_reason ~= "" and resp.cancel_reason or "etcd: watch canceled by etcd"
       return finish(self, msg, errors.classify(msg, "CANCELLED"))
     end
-    local ns = self._ns
-    if ns ~= "" then for _, ev in ipairs(resp.events) do strip(ns, ev) end end
     if #resp.events == 0 and resp.compact_revision == 0 and resp.header and resp.header.revision ~= 0 then
       resp.progress_notify = true
     end

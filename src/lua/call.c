@@ -211,7 +211,9 @@ static int c_result(lua_State *L) {
   } else {
     size_t len;
     const void *data = ec_call_response(h->k, &len);
-    if (pbconv_unpack(L, h->out, data ? data : "", data ? len : 0)) {
+    size_t nslen = 0;
+    const char *ns = luaL_optlstring(L, 2, NULL, &nslen);
+    if (pbconv_unpack_ns(L, h->out, data ? data : "", data ? len : 0, ns, nslen)) {
       n = 1;
     } else {
       lua_pushnil(L);

@@ -8,6 +8,7 @@
 #include <lauxlib.h>
 
 #include "engine/pbwalk.h"
+#include "mvccpb/kv.pb-c.h"
 
 #define BOX_MT "etcd.core.unpacked"
 
@@ -327,10 +328,18 @@ void pbconv_pack(lua_State *L, int idx, const ProtobufCMessageDescriptor *desc) 
 /* ---------------------------------------------------------------------- */
 /* decoding                                                                 */
 
-static void push_message(lua_State *L, const ProtobufCMessage *m, int depth);
+/* The namespace to take off the keys of mvccpb.KeyValue messages (a key
+ * that does not start with it is left as it is). */
+typedef struct strip {
+  const char *ns;
+  size_t len;
+} strip;
+
+static void push_message(lua_State *L, const ProtobufCMessage *m, int depth,
+                         const strip *ns);
 
 static void push_value(lua_State *L, const ProtobufCFieldDescriptor *f,
-                       const void *p, int depth) {
+                       const void *p, int depth, const strip *ns) {
   switch (f->type) {
   case PROTOBUF_C_TYPE_INT32:
   case PROTOBUF_C_TYPE_SINT32:
@@ -372,14 +381,15 @@ static void push_value(lua_State *L, const ProtobufCFieldDescriptor *f,
     break;
   }
   case PROTOBUF_C_TYPE_MESSAGE:
-    push_message(L, *(const ProtobufCMessage *const *)p, depth + 1);
+    push_message(L, *(const ProtobufCMessage *const *)p, depth + 1, ns);
     break;
   default:
     lua_pushnil(L);
   }
 }
 
-static void push_message(lua_State *L, const ProtobufCMessage *m, int depth) {
+static void push_message(lua_State *L, const ProtobufCMessage *m, int depth,
+                         const strip *ns) {
   const ProtobufCMessageDescriptor *d = m->descriptor;
   if (depth > PBCONV_MAX_DEPTH)
     luaL_error(L, "etcd.core: response nested deeper than %d levels",
@@ -398,7 +408,7 @@ static void push_message(lua_State *L, const ProtobufCMessage *m, int depth) {
       lua_rawgeti(L, names, (lua_Integer)i + 1);
       lua_createtable(L, n > INT32_MAX ? 0 : (int)n, 0);
       for (size_t j = 0; j < n; j++) {
-        push_value(L, f, arr + j * es, depth);
+        push_value(L, f, arr + j * es, depth, ns);
         lua_rawseti(L, -2, (lua_Integer)j + 1);
       }
       lua_rawset(L, -3);
@@ -416,7 +426,12 @@ static void push_message(lua_State *L, const ProtobufCMessage *m, int depth) {
         !*(const ProtobufCMessage *const *)(base + f->offset))
       continue; /* absent sub-message: nil */
     lua_rawgeti(L, names, (lua_Integer)i + 1);
-    push_value(L, f, base + f->offset, depth);
+    const ProtobufCBinaryData *b = (const ProtobufCBinaryData *)(base + f->offset);
+    if (ns && d == &mvccpb__key_value__descriptor && f->id == 1 && b->len >= ns->len &&
+        memcmp(b->data, ns->ns, ns->len) == 0)
+      lua_pushlstring(L, (const char *)b->data + ns->len, b->len - ns->len);
+    else
+      push_value(L, f, base + f->offset, depth, ns);
     lua_rawset(L, -3);
   }
   lua_remove(L, names);
@@ -435,6 +450,12 @@ static int box_gc(lua_State *L) {
 
 int pbconv_unpack(lua_State *L, const ProtobufCMessageDescriptor *desc,
                   const void *data, size_t len) {
+  return pbconv_unpack_ns(L, desc, data, len, NULL, 0);
+}
+
+int pbconv_unpack_ns(lua_State *L, const ProtobufCMessageDescriptor *desc,
+                     const void *data, size_t len, const char *ns, size_t nslen) {
+  strip st = {ns, nslen};
   int r = ec_pb_check_depth(desc, data, len, PBCONV_MAX_DEPTH);
   if (r == EC_PB_TOO_DEEP) {
     lua_pushfstring(L, "response from etcd nested deeper than %d levels",
@@ -456,7 +477,7 @@ int pbconv_unpack(lua_State *L, const ProtobufCMessageDescriptor *desc,
     lua_pushfstring(L, "malformed %s from etcd", desc->name);
     return 0;
   }
-  push_message(L, b->msg, 0);
+  push_message(L, b->msg, 0, ns && nslen ? &st : NULL);
   protobuf_c_message_free_unpacked(b->msg, NULL);
   b->msg = NULL;
   lua_remove(L, -2);

@@ -70,7 +70,9 @@ static int w_read(lua_State *L) {
   ec_msg_free(m);
   size_t n;
   const char *bytes = lua_tolstring(L, -1, &n);
-  if (!pbconv_unpack(L, &etcdserverpb__watch_response__descriptor, bytes, n)) {
+  size_t nslen = 0;
+  const char *ns = luaL_optlstring(L, 2, NULL, &nslen);
+  if (!pbconv_unpack_ns(L, &etcdserverpb__watch_response__descriptor, bytes, n, ns, nslen)) {
     lua_pushnil(L);
     lua_pushstring(L, "ended");
     lua_rotate(L, -3, -1); /* nil, "ended", message */
