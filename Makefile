@@ -16,7 +16,7 @@ MODULE      = $(OUTDIR)/etcd/core.so
 
 DEB_PKGS = lua5.4 liblua5.4-dev lua-busted libgrpc-dev libprotobuf-c-dev \
            protobuf-c-compiler etcd-server etcd-client pkg-config openssl \
-           lua-cqueues lua-luv
+           lua-cqueues lua-luv luarocks
 
 PKG_CFLAGS = $(shell pkg-config --cflags grpc gpr libprotobuf-c $(LUA_PC) 2>/dev/null)
 # The engine (src/engine/) and the generated code never see Lua's headers:
@@ -48,7 +48,7 @@ BUSTED    = busted --lua=$(LUA)
 LUA_ENV   = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='$(OUTDIR)/?.so;$(OUTDIR)/spec/?.so;;'
 ETCD_PROTO_DIR = $(BUILD)/etcd-upstream
 
-.PHONY: all deps test demo clean check-proto spec
+.PHONY: all deps test demo clean check-proto spec install
 # Keep the generated sources between builds.
 .SECONDARY:
 
@@ -116,6 +116,20 @@ demo: deps
 
 clean:
 	rm -rf $(BUILD)
+
+# Install the module where Lua finds it: `make install` (as root) puts
+# etcd/core.so under LIBDIR and lua/etcd/*.lua under LUADIR/etcd/, every Lua
+# file of lua/etcd/ by construction. PREFIX (/usr/local), DESTDIR (for
+# packagers), LUA_VERSION (5.4), LIBDIR and LUADIR can be set; LuaRocks sets
+# LIBDIR and LUADIR to its tree (rockspec/).
+PREFIX      ?= /usr/local
+LUA_VERSION ?= 5.4
+LIBDIR      ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+LUADIR      ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+install: all
+	install -d $(DESTDIR)$(LIBDIR)/etcd $(DESTDIR)$(LUADIR)/etcd
+	install -m 0755 $(MODULE) $(DESTDIR)$(LIBDIR)/etcd/core.so
+	install -m 0644 lua/etcd/*.lua $(DESTDIR)$(LUADIR)/etcd/
 
 # ---------------------------------------------------------------------------
 # Lint: luacheck (.luacheckrc) on the Lua code, cppcheck and clang-tidy
@@ -190,7 +204,7 @@ asan: asan-build
 	$(ASAN_ENV) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' \
 	  LUA_CPATH='$(ASAN_DIR)/?.so;$(ASAN_DIR)/spec/?.so;;' \
 	  $(BUSTED_DIRECT) '--cpath=$(ASAN_DIR)/?.so;$(ASAN_DIR)/spec/?.so;' $(ASAN_KEEP_LIBS) \
-	  $(BUSTED_ARGS) $(ASAN_SPECS)
+	  --exclude-tags=build $(BUSTED_ARGS) $(ASAN_SPECS)
 
 VALGRIND       ?= valgrind
 VALGRIND_SPECS ?= spec
@@ -199,11 +213,13 @@ VALGRIND_FLAGS ?= --leak-check=full --errors-for-leak-kinds=definite \
   --suppressions=spec/valgrind.supp --trace-children=no --num-callers=40 \
   --keep-debuginfo=yes
 
-# Specs tagged #novalgrind (timing-sensitive) are skipped under valgrind.
+# Specs tagged #novalgrind (timing-sensitive) are skipped under valgrind;
+# those tagged #build (they build and install the module with make and
+# luarocks, in processes of their own) under valgrind and ASan.
 valgrind: all $(TESTSUPPORT)
 	$(LUA_ENV) $(VALGRIND) $(VALGRIND_FLAGS) \
 	  $(BUSTED_DIRECT) '--cpath=$(OUTDIR)/?.so;$(OUTDIR)/spec/?.so;' \
-	  --exclude-tags=novalgrind $(BUSTED_ARGS) $(VALGRIND_SPECS)
+	  --exclude-tags=novalgrind,build $(BUSTED_ARGS) $(VALGRIND_SPECS)
 
 # ---------------------------------------------------------------------------
 # Fuzzing with libFuzzer (docs/FUZZING.md). Everything goes to build/fuzz/,

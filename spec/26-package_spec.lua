@@ -1,0 +1,90 @@
+-- Installing the module as users do: `make install` (PREFIX, DESTDIR) and
+-- `luarocks make` of the rockspec into a fresh tree, each built apart from
+-- the suite's own build; then a script that finds nothing of this checkout
+-- loads the installed module and talks to a real etcd. Every file of
+-- lua/etcd/ must be installed (a forgotten module fails `require "etcd"`
+-- only when that part is used).
+local helpers = require "helpers"
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("a")
+  local ok = p:close()
+  return ok, out
+end
+
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function listing(dir, pattern)
+  local _, out = sh(("cd %s && ls -1 %s 2>/dev/null"):format(q(dir), pattern))
+  local t = {}
+  for line in out:gmatch("[^\n]+") do t[#t + 1] = line end
+  table.sort(t)
+  return t
+end
+
+-- A script run by a lua5.4 that sees only `path` and `cpath`.
+local SMOKE = [[
+local etcd = require "etcd"
+local core_at = package.searchpath("etcd.core", package.cpath)
+local lua_at = package.searchpath("etcd", package.path)
+local cli = assert(etcd.new { endpoints = { arg[1] } })
+assert(cli:put("pkg/k", "installed"))
+local m = assert(etcd.mirror(cli, "pkg/"))
+local v = m:get("pkg/k")
+m:close()
+cli:close()
+print("SMOKE", v, lua_at, core_at)
+]]
+
+describe("installing the module #build", function()
+  local srv, dir
+  setup(function()
+    srv = helpers.start_etcd()
+    dir = helpers.tmpdir()
+    local f = assert(io.open(dir .. "/smoke.lua", "w"))
+    f:write(SMOKE)
+    f:close()
+  end)
+  teardown(function() if srv then srv:stop() end end)
+
+  local function smoke(path, cpath)
+    return sh(("cd %s && env LUA_PATH=%s LUA_CPATH=%s lua5.4 smoke.lua %s"):format(q(dir), q(path), q(cpath),
+      srv.endpoint))
+  end
+
+  local lua_files = listing("lua/etcd", "*.lua")
+
+  it("make install puts every Lua file and the C module where Lua looks (PREFIX, DESTDIR)", function()
+    local dest = dir .. "/dest"
+    local ok, out = sh(("make -s -j2 install BUILD=%s DESTDIR=%s PREFIX=/opt/le"):format(q(dir .. "/build"), q(dest)))
+    assert.is_true(ok, out)
+    local share, lib = dest .. "/opt/le/share/lua/5.4", dest .. "/opt/le/lib/lua/5.4"
+    assert.same(lua_files, listing(share .. "/etcd", "*.lua"))
+    assert.same({ "core.so" }, listing(lib .. "/etcd", "*"))
+    local ok2, out2 = smoke(share .. "/?.lua;" .. share .. "/?/init.lua", lib .. "/?.so")
+    assert.is_true(ok2, out2)
+    assert.matches("SMOKE\tinstalled\t" .. share:gsub("%p", "%%%0") .. "/etcd/init.lua\t"
+      .. lib:gsub("%p", "%%%0") .. "/etcd/core.so", out2)
+  end)
+
+  it("luarocks make of the rockspec installs a rock that works from its tree", function()
+    -- from a copy of the sources, so that nothing is built in this checkout
+    local src, tree = dir .. "/src", dir .. "/tree"
+    assert(os.execute(("mkdir -p %s && cp -r Makefile LICENSE src lua proto rockspec %s/"):format(q(src), q(src))))
+    local ok, out = sh(("cd %s && luarocks --lua-version=5.4 make rockspec/etcd-scm-1.rockspec --tree %s"):format(
+      q(src), q(tree)))
+    assert.is_true(ok, out)
+    assert.matches("etcd scm%-1 is now installed", out)
+    local share, lib = tree .. "/share/lua/5.4", tree .. "/lib/lua/5.4"
+    assert.same(lua_files, listing(share .. "/etcd", "*.lua"))
+    assert.same({ "core.so" }, listing(lib .. "/etcd", "*"))
+    local ok2, out2 = smoke(share .. "/?.lua;" .. share .. "/?/init.lua", lib .. "/?.so")
+    assert.is_true(ok2, out2)
+    assert.matches("SMOKE\tinstalled\t" .. share:gsub("%p", "%%%0") .. "/etcd/init.lua", out2)
+    -- luarocks knows it
+    local ok3, out3 = sh(("luarocks --lua-version=5.4 list --tree %s"):format(q(tree)))
+    assert.is_true(ok3, out3)
+    assert.matches("etcd%s+scm%-1", out3)
+  end)
+end)
