@@ -28,6 +28,26 @@ function M.classify(msg, code)
   return code or "UNKNOWN"
 end
 
+-- Size limits: which side refused, and what to change. (The words before
+-- the parenthesis stay the server's or gRPC's own.)
+local LIMIT_HINTS = {
+  { "etcdserver: request is too large", "over etcd's --max-request-bytes (1.5 MiB unless the server sets it)" },
+  { "etcdserver: too many operations in txn request", "over etcd's --max-txn-ops (128 unless the server sets it)" },
+  { "Sent message larger than max", "over the client's max_send_size: etcd.new { max_send_size = n };"
+    .. " etcd itself takes requests up to its --max-request-bytes (1.5 MiB by default)" },
+  { "Received message larger than max", "over the client's max_recv_size: etcd.new { max_recv_size = n },"
+    .. " or ask for less (limit, keys_only, count_only)" },
+  { "received message larger than max", "refused by etcd: over its --max-request-bytes (1.5 MiB by default)" },
+}
+
+--- The message of a too_large failure with what to change appended.
+function M.limit_hint(msg)
+  for _, h in ipairs(LIMIT_HINTS) do
+    if msg:find(h[1], 1, true) then return ("%s (%s)"):format(msg, h[2]) end
+  end
+  return msg
+end
+
 --- A failure as the three values every method returns.
 function M.fail(msg, code)
   -- The call's deadline travels to etcd; when it runs out inside the server,
@@ -37,7 +57,9 @@ function M.fail(msg, code)
   if code == "timeout" and not msg:find("^etcd") then
     msg = "etcd: deadline exceeded (" .. msg .. ")"
   end
-  return nil, msg, M.classify(msg, code)
+  code = M.classify(msg, code)
+  if code == "too_large" then msg = M.limit_hint(msg) end
+  return nil, msg, code
 end
 
 --- Error object raised by iterators: `{ message =, code = }` with __tostring.
