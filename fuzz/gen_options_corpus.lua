@@ -154,6 +154,8 @@ end
 local seeds = {
   ["kv-get"] = {
     { "cli:get", "foo", { prefix = true, limit = 10, sort_target = "mod", sort_order = "descend" } },
+    { "cli:get_value", "foo", { revision = 3, serializable = true, timeout = 0.01 } },
+    { "cli:get_value", "foo", { prefix = true } },
     { "cli:get", "a\0b\255", { range_end = "\255\255", keys_only = true, count_only = false } },
     { "cli:get", "", { from_key = true, revision = -1, serializable = true } },
     { "cli:get", "k", { limit = "5" } },

@@ -24,6 +24,32 @@ describe("KV", function()
       assert.equal("hello", out:gsub("\n$", ""))
     end)
 
+    it("get_value: one key's value and kv, nil for a missing key, at a revision, in a namespace", function()
+      local p1 = assert(cli:put("kv/gv", "first"))
+      assert(cli:put("kv/gv", "second"))
+      local v, kv = cli:get_value("kv/gv")
+      assert.equal("second", v)
+      assert.equal("kv/gv", kv.key)
+      assert.equal(2, kv.version)
+      assert.equal("first", (cli:get_value("kv/gv", { revision = p1.header.revision })))
+      assert.equal("second", (cli:get_value("kv/gv", { serializable = true })))
+      -- missing: one nil, no message
+      assert.same({ n = 1 }, table.pack(cli:get_value("kv/gv-missing")))
+      -- an empty value is a value
+      assert(cli:put("kv/gv-empty", ""))
+      assert.equal("", (cli:get_value("kv/gv-empty")))
+      local ns <close> = assert(etcd.new { endpoints = srv.endpoints, namespace = "kv/" })
+      local nv, nkv = ns:get_value("gv")
+      assert.equal("second", nv)
+      assert.equal("gv", nkv.key)
+      -- a failure is nil, msg, code
+      local r, msg, code = cli:get_value("kv/gv", { revision = p1.header.revision + 1000 })
+      assert.is_nil(r)
+      assert.equal("future_revision", code, msg)
+      assert.has_error(function() cli:get_value("kv/gv", { prefix = true }) end,
+        "get_value: unknown option 'prefix'")
+    end)
+
     it("returns a key with all its metadata", function()
       local p1 = assert(cli:put("kv/meta", "1"))
       local p2 = assert(cli:put("kv/meta", "2"))

@@ -108,6 +108,8 @@ local GET_OPTS = with {
 }
 local METHODS = {
   get = { args = { "hostile/k" }, str = { 1 }, opts = 2, options = GET_OPTS },
+  get_value = { args = { "hostile/k" }, str = { 1 }, opts = 2,
+                options = with { revision = "int", serializable = "boolean" } },
   put = { args = { "hostile/k", "v" }, str = { 1, 2 }, opts = 3,
           options = with { lease = "int", prev_kv = "boolean", ignore_value = "boolean", ignore_lease = "boolean" } },
   delete = { args = { "hostile/none" }, str = { 1 }, opts = 2, options = with { prev_kv = "boolean",

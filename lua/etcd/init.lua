@@ -288,6 +288,22 @@ function Client:get(key, opts)
   return self:_send(op, o.timeout)
 end
 
+local GET_VALUE_OPTS = { revision = "integer", serializable = "boolean", timeout = "seconds" }
+
+--- cli:get_value(key, opts) -> value, kv | nil (no such key) | nil, msg, code:
+-- the commonest read, one key's value.
+function Client:get_value(key, opts)
+  check.self(self, Client, "get_value", 2)
+  check.arg(key, "string", 1, "key", "get_value", 2)
+  local o = check.options(opts, GET_VALUE_OPTS, "get_value", 2)
+  local op = setmetatable({ kind = "get", req = kv.range_request(key, o, "get_value", 2) }, txn.Op)
+  local res, msg, code = self:_send(op, o.timeout)
+  if not res then return nil, msg, code end
+  local k = res.kvs[1]
+  if not k then return nil end
+  return k.value, k
+end
+
 --- cli:put(key, value, opts) -> { header, prev_kv }
 function Client:put(key, value, opts)
   check.self(self, Client, "put", 2)
