@@ -117,6 +117,12 @@ demo: deps
 clean:
 	rm -rf $(BUILD)
 
+# The reference of the public API (LDoc, config.ld) in build/doc/.
+.PHONY: doc
+doc:
+	@$(MAKE) --no-print-directory deps DEB_PKGS=lua-ldoc
+	ldoc -c config.ld .
+
 # Install the module where Lua finds it: `make install` (as root) puts
 # etcd/core.so under LIBDIR and lua/etcd/*.lua under LUADIR/etcd/, every Lua
 # file of lua/etcd/ by construction. PREFIX (/usr/local), DESTDIR (for

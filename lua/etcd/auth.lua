@@ -8,6 +8,7 @@
 --
 -- Like Go's namespace package, the client's namespace does not apply to the
 -- keys of permissions: they are sent as given.
+-- @module etcd.auth
 local check = require "etcd.check"
 local prefix_end = require("etcd.kv").prefix_end
 

@@ -2,6 +2,7 @@
 -- status, alarm_list/alarm_disarm, defragment, hash_kv, move_leader, snapshot,
 -- endpoint_status and endpoint_health (every endpoint at once).
 -- Calls that concern one member take one of the client's endpoints.
+-- @module etcd.cluster
 local check = require "etcd.check"
 local wait = require "etcd.wait"
 local errors = require "etcd.errors"

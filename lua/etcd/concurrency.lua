@@ -10,6 +10,7 @@
 --
 -- Everything here is built on the client's public methods: inside a spawned
 -- coroutine every wait yields, outside one it blocks, as they do.
+-- @module etcd.concurrency
 local etcd = require "etcd"
 local check = require "etcd.check"
 local wait = require "etcd.wait"
@@ -79,7 +80,7 @@ local function find_event(w, types)
   end
 end
 
---- Wait until one of `a.types` happens to `a.key` (or under it with
+-- Wait until one of `a.types` happens to `a.key` (or under it with
 -- `a.prefix`), looking from revision `a.rev` on, with one watch closed
 -- before returning. Ends early when `a.alive()` (optional) says no, and at
 -- the absolute deadline `a.dl` with nil, `a.late` (the caller's message),
@@ -134,7 +135,7 @@ local LOST = "etcd: session lost (its lease expired or was revoked)"
 local KEY_GONE = LOST .. " (the lock key is gone)"
 M._KEY_GONE = KEY_GONE
 
---- Is the session's lease still kept alive? true, or nil, msg, code
+-- Is the session's lease still kept alive? true, or nil, msg, code
 -- ("session_lost"; "closed" when the client was closed).
 function Session:_alive()
   if self._ended then return nil, "etcd: session is closed", "session_lost" end

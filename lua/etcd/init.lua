@@ -6,6 +6,7 @@
 --     local res = assert(cli:get("foo", { prefix = true }))
 --
 -- Misuse raises; run-time failures return `nil, msg, code` (docs/ERROR_HANDLING.md).
+-- @module etcd
 local core = require "etcd.core"
 local check = require "etcd.check"
 local errors = require "etcd.errors"

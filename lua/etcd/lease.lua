@@ -1,5 +1,6 @@
 --- Leases: grant, revoke, time_to_live, leases, keepalive_once, and
 -- keepalive: a lease renewed by the client's pump thread in the background.
+-- @module etcd.lease
 require "etcd.core" -- its classes are registered before ours look them up
 local check = require "etcd.check"
 local wait = require "etcd.wait"

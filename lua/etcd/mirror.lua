@@ -14,6 +14,7 @@
 -- One coroutine at a time moves the mirror (`_busy`); others that want to
 -- wait park on the mirror's tick (an etcd.wait event signalled after every
 -- round), and readers meanwhile read the copy as it is.
+-- @module etcd.mirror
 require "etcd.core"
 local check = require "etcd.check"
 local kv = require "etcd.kv"

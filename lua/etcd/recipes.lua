@@ -10,6 +10,7 @@
 --
 -- Blocking methods take a `timeout` in seconds (nil: no limit) and yield
 -- inside a spawned coroutine, as every method of the client does.
+-- @module etcd.recipes
 local etcd = require "etcd"
 local core = require "etcd.core"
 local check = require "etcd.check"

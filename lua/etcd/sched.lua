@@ -6,6 +6,7 @@
 -- poll() on the eventfds of the clients that have waiters, until the nearest
 -- deadline, then reaps those clients' ready lists (wait.dispatch) and resumes
 -- exactly the coroutines whose tokens came up.
+-- @module etcd.sched
 local core = require "etcd.core"
 local wait = require "etcd.wait"
 
@@ -196,7 +197,7 @@ local function resume(task, ...)
 end
 M.resume = resume
 
---- A task running fn(...) in a coroutine; `d` is its driver (built-in or luv).
+-- A task running fn(...) in a coroutine; `d` is its driver (built-in or luv).
 function M.new_task(d, fn, what)
   if type(fn) ~= "function" then
     error(("%s: bad argument #1 (function expected, got %s)"):format(what, type(fn)), 3)
@@ -311,7 +312,7 @@ local function run_queue()
   if S.head > S.tail then S.runq, S.head, S.tail = {}, 1, 0 end
 end
 
---- One round: run what can run; if nothing can, sleep until a client that
+-- One round: run what can run; if nothing can, sleep until a client that
 -- has waiters signals or the nearest deadline (or `dl`) passes. Returns
 -- "ready" or "timeout" (dl passed), for wait.blocking.
 function M.step(dl)
@@ -363,7 +364,7 @@ function M.run()
   M.raise_unjoined(driver)
 end
 
---- Raise the first error of d's tasks that nobody joined (once).
+-- Raise the first error of d's tasks that nobody joined (once).
 function M.raise_unjoined(d)
   local failed = d.failed
   for i, task in ipairs(failed) do

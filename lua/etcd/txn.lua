@@ -1,5 +1,6 @@
 --- Transactions, operations and batches: etcd.compare.*, etcd.op.*,
 -- cli:txn, cli:exec (Go's Do), cli:batch.
+-- @module etcd.txn
 local core = require "etcd.core"
 local check = require "etcd.check"
 local kv = require "etcd.kv"
@@ -28,7 +29,7 @@ Op.__tostring = function(op) return ("etcd.op.%s(%q)"):format(op.kind, op.req.ke
 
 local function new_op(kind, req) return setmetatable({ kind = kind, req = req }, Op) end
 
---- Is `x` an op made by etcd.op.* (not merely a table with its metatable)?
+-- Is `x` an op made by etcd.op.* (not merely a table with its metatable)?
 function M.is_op(x)
   return getmetatable(x) == Op and KIND_METHOD[rawget(x, "kind")] ~= nil and type(rawget(x, "req")) == "table"
 end
@@ -42,18 +43,22 @@ M.MAX_TXN_DEPTH = 31
 local op = {}
 M.op = op
 
+--- etcd.op.get(key, opts): a get for cli:txn, cli:exec and cli:batch (the
+-- options of cli:get but `timeout`).
 function op.get(key, opts)
   check.arg(key, "string", 1, "key", "etcd.op.get", 2)
   local o = check.options(opts, kv.GET_OPTS, "etcd.op.get", 2)
   return new_op("get", kv.range_request(key, o, "etcd.op.get", 2))
 end
 
+--- etcd.op.put(key, value, opts): a put (the options of cli:put but `timeout`).
 function op.put(key, value, opts)
   local o = check.options(opts, kv.PUT_OPTS, "etcd.op.put", 2)
   key, value = kv.put_args(key, value, o, "etcd.op.put", 2)
   return new_op("put", kv.put_request(key, value, o))
 end
 
+--- etcd.op.delete(key, opts): a delete (the options of cli:delete but `timeout`).
 function op.delete(key, opts)
   check.arg(key, "string", 1, "key", "etcd.op.delete", 2)
   local o = check.options(opts, kv.DELETE_OPTS, "etcd.op.delete", 2)
@@ -92,6 +97,23 @@ local function comparer(name, target, field, kind)
     return setmetatable(c, Compare)
   end
 end
+--- etcd.compare.value(key, operator, value, opts): compare the key's value;
+-- `operator` is "=" (or "=="), "!=", ">" or "<"; opts: `prefix` or `range_end`
+-- to compare every key of a range.
+-- @function compare.value
+
+--- etcd.compare.version(key, operator, version, opts)
+-- @function compare.version
+
+--- etcd.compare.create_revision(key, operator, revision, opts)
+-- @function compare.create_revision
+
+--- etcd.compare.mod_revision(key, operator, revision, opts)
+-- @function compare.mod_revision
+
+--- etcd.compare.lease(key, operator, lease_id, opts)
+-- @function compare.lease
+
 comparer("value", "VALUE", "value", "string")
 comparer("version", "VERSION", "version", "integer")
 comparer("create_revision", "CREATE", "create_revision", "integer")
@@ -101,7 +123,7 @@ comparer("lease", "LEASE", "lease", "integer")
 -- ---------------------------------------------------------------------------
 -- txn
 
---- Check `{ compare =, success =, failure = }` and build a TxnRequest.
+-- Check `{ compare =, success =, failure = }` and build a TxnRequest.
 function M.txn_request(t, fname, level)
   if type(t) ~= "table" or getmetatable(t) ~= nil then
     check.fail(("%s: bad argument #1 (table with compare, success, failure expected, got %s)")
@@ -155,6 +177,8 @@ function M.txn_request(t, fname, level)
   return req, depth
 end
 
+--- etcd.op.txn{ compare =, success =, failure = }: a transaction nested in
+-- another (etcd 3.3 and later), at most 31 levels deep.
 function op.txn(t)
   local req, depth = M.txn_request(t, "etcd.op.txn", 2)
   local o = new_op("txn", req)

@@ -3,6 +3,7 @@
 -- gRPC stream, queues what arrives while Lua is busy (bounded), and
 -- re-creates watches after a break from the revision after the last one
 -- received, so no event is lost or repeated.
+-- @module etcd.watch
 require "etcd.core" -- its classes are registered before ours look them up
 local check = require "etcd.check"
 local errors = require "etcd.errors"
