@@ -274,7 +274,7 @@ function Client:_send(op, timeout)
   local res, msg, code = self:_call(txn.KIND_METHOD[op.kind], txn.wire(ns, op.kind, op.req), timeout, nil,
     ns ~= "" and ns or nil)
   if not res then return nil, msg, code end
-  return txn.shape("", op.kind, res) -- (the keys came without the namespace)
+  return txn.shape(op.kind, res) -- (the keys came without the namespace)
 end
 
 -- ---------------------------------------------------------------------------

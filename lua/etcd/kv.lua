@@ -109,20 +109,7 @@ function M.ns_range(ns, key, range_end)
   return key, range_end
 end
 
-local function strip_kv(ns, kv)
-  if kv and kv.key:sub(1, #ns) == ns then kv.key = kv.key:sub(#ns + 1) end
-end
-
---- Remove the namespace from the keys of a shaped result, in place.
-function M.ns_strip(ns, kind, res)
-  if kind == "get" then
-    for _, kv in ipairs(res.kvs) do strip_kv(ns, kv) end
-  elseif kind == "put" then
-    strip_kv(ns, res.prev_kv)
-  elseif kind == "delete" then
-    for _, kv in ipairs(res.prev_kvs) do strip_kv(ns, kv) end
-  end
-  return res
-end
+-- (Result keys lose the namespace while the response is decoded:
+-- pbconv_unpack_ns, given the namespace by rpc.once.)
 
 return M

@@ -215,16 +215,16 @@ local function wire(ns, kind, req)
 end
 M.wire = wire
 
--- The result of a txn: each response shaped like the matching method's result.
-local function shape(ns, kind, res)
+-- The result of a txn: each response shaped like the matching method's
+-- result. (Keys come without the namespace already: the decoder took it
+-- off, src/lua/pbconv.c pbconv_unpack_ns.)
+local function shape(kind, res)
   if kind == "txn" then
     for i, r in ipairs(res.responses) do
       local field, inner = next(r)
-      if field then res.responses[i] = shape(ns, RESP_KIND[field], inner) end
+      if field then res.responses[i] = shape(RESP_KIND[field], inner) end
     end
-    return res
   end
-  if ns ~= "" then kv.ns_strip(ns, kind, res) end
   return res
 end
 M.shape = shape
