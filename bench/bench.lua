@@ -20,12 +20,7 @@ local IN_FLIGHT = 64
 local now = core.now
 local value = string.rep("v", SIZE)
 
-local function rss_kb()
-  local f = assert(io.open("/proc/self/status"))
-  local s = f:read("a")
-  f:close()
-  return tonumber(s:match("VmRSS:%s*(%d+)"))
-end
+local rss_kb = require("bench.common").rss_kb
 
 local function report(r)
   local lat = r.lat or {}

@@ -8,6 +8,7 @@
 --
 --   make bench-keepalive     (BENCH_KA="20000 100000" BENCH_ROUNDS=3 BENCH_TTL=60)
 local helpers = require "helpers"
+local common = require "bench.common"
 
 local SIZES = os.getenv("BENCH_KA") or "20000 100000"
 local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS") or "3")
@@ -17,23 +18,7 @@ local GO = "build/bench/keepalive"
 local FIELDS = { "grants_s", "start_s", "first_s", "lost", "get_none_us", "get_with_us", "close_ms",
   "rss_per_lease_b", "grant_cpu_us", "ka_cpu_us" }
 
-local function run(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok = p:close()
-  local line = out:match("RESULT[^\n]*")
-  if not ok or not line then error("bench: " .. cmd .. " failed:\n" .. out, 0) end
-  local r = {}
-  for k, v in line:gmatch("(%S+)=(%S+)") do r[k] = tonumber(v) or v end
-  return r
-end
-
-local function median(rs, f)
-  local v = {}
-  for i, r in ipairs(rs) do v[i] = r[f] end
-  table.sort(v)
-  return v[#v // 2 + 1]
-end
+local run, median = common.result, common.median
 
 assert(os.execute("bench/go/build.sh"), "bench/go/build.sh failed")
 local srv = helpers.start_etcd {}

@@ -11,12 +11,7 @@ local N = tonumber(os.getenv("BENCH_KA") or "20000")
 local TTL = tonumber(os.getenv("BENCH_TTL") or "60")
 local GETS = tonumber(os.getenv("BENCH_GETS") or "2000")
 
-local function rss_kib()
-  local f = assert(io.open("/proc/self/status"))
-  local s = f:read("a")
-  f:close()
-  return tonumber(s:match("VmRSS:%s*(%d+)"))
-end
+local rss_kib = require("bench.common").rss_kb
 
 local function p50(cli)
   local t = {}

@@ -8,6 +8,7 @@
 --
 --   make bench-mirror        (BENCH_MIRROR_KEYS="1000 100000" BENCH_ROUNDS=3)
 local helpers = require "helpers"
+local common = require "bench.common"
 local etcd = require "etcd"
 
 local SIZES = os.getenv("BENCH_MIRROR_KEYS") or "1000 100000"
@@ -15,23 +16,7 @@ local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS") or "3")
 local LUA = os.getenv("BENCH_LUA") or "lua5.4"
 local FIELDS = { "load_s", "load_cpu_s", "rss_mb", "bytes_per_key", "apply_cpu_us" }
 
-local function run(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok = p:close()
-  local line = out:match("RESULT[^\n]*")
-  if not ok or not line then error("bench: " .. cmd .. " failed:\n" .. out, 0) end
-  local r = {}
-  for k, v in line:gmatch("(%S+)=(%S+)") do r[k] = tonumber(v) or v end
-  return r
-end
-
-local function median(rs, f)
-  local v = {}
-  for i, r in ipairs(rs) do v[i] = r[f] end
-  table.sort(v)
-  return v[#v // 2 + 1]
-end
+local run, median = common.result, common.median
 
 local srv = helpers.start_etcd { args = { "--quota-backend-bytes=4294967296" } }
 local ok, err = pcall(function()

@@ -13,12 +13,7 @@ local PREFIX = os.getenv("BENCH_PREFIX") or "b/"
 local PAGE = tonumber(os.getenv("BENCH_PAGE") or "1000")
 local CHANGES = tonumber(os.getenv("BENCH_CHANGES") or "1000")
 
-local function rss_kb()
-  local f = assert(io.open("/proc/self/status"))
-  local s = f:read("a")
-  f:close()
-  return tonumber(s:match("VmRSS:%s*(%d+)"))
-end
+local rss_kb = require("bench.common").rss_kb
 
 local cli = assert(etcd.new { endpoints = { EP }, max_recv_size = 64 << 20 })
 assert(cli:get("warm-up"))

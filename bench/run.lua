@@ -14,6 +14,7 @@
 -- BENCH_MEM=1 adds mem_watch_ka (10,000 watches + 10,000 kept-alive leases)
 -- and rss_puts (1,000,000 puts).
 local helpers = require "helpers"
+local common = require "bench.common"
 
 local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS") or "3")
 local SCALE = tonumber(os.getenv("BENCH_SCALE") or "1")
@@ -44,21 +45,7 @@ if only then
   WORKLOADS = keep
 end
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok = p:close()
-  return ok, out
-end
-
-local function result(cmd)
-  local ok, out = sh(cmd)
-  local line = out:match("RESULT[^\n]*")
-  if not ok or not line then error("bench: " .. cmd .. " failed:\n" .. out, 0) end
-  local r = {}
-  for k, v in line:gmatch("(%S+)=(%S+)") do r[k] = tonumber(v) or v end
-  return r
-end
+local sh, result = common.sh, common.result
 
 -- etcd's cumulative handling seconds and count of the given methods
 local function server_time(url, methods)
@@ -75,13 +62,7 @@ local function server_time(url, methods)
   return sum, count
 end
 
-local function median(list)
-  if #list == 0 then return nil end
-  local v = {}
-  for i, x in ipairs(list) do v[i] = x end
-  table.sort(v)
-  return v[#v // 2 + 1]
-end
+local median = common.median
 
 assert(os.execute("bench/go/build.sh"), "bench/go/build.sh failed")
 local have_node = os.execute("test -d bench/node/node_modules/etcd3 && command -v node >/dev/null")
