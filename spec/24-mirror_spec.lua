@@ -7,19 +7,7 @@
 local helpers = require "helpers"
 local etcd = require "etcd"
 
--- the prefix as the store has it: key -> value (and the header)
-local function store(cli, pfx, rev)
-  local res = assert(cli:get(pfx, { prefix = true, revision = rev }))
-  local t = {}
-  for _, kv in ipairs(res.kvs) do t[kv.key] = kv.value end
-  return t, res.header
-end
-
-local function copy(m)
-  local t = {}
-  for k, _, kv in m:pairs() do t[k] = kv.value end
-  return t
-end
+local store, copy = helpers.prefix_values, helpers.mirror_values
 
 -- Apply batches to a replica (key -> value), checking that each change is
 -- one a user could act on: a put of something new or different, a delete of

@@ -8,18 +8,7 @@ local helpers = require "helpers"
 local etcd = require "etcd"
 local core = require "etcd.core"
 
-local function store(cli, pfx)
-  local res = assert(cli:get(pfx, { prefix = true }))
-  local t = {}
-  for _, kv in ipairs(res.kvs) do t[kv.key] = kv.value end
-  return t, res.header
-end
-
-local function copy(m)
-  local t = {}
-  for k, _, kv in m:pairs() do t[k] = kv.value end
-  return t
-end
+local store, copy = helpers.prefix_values, helpers.mirror_values
 
 describe("etcd.mirror on three members", function()
   local cl

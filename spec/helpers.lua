@@ -82,6 +82,8 @@
 --     certs.files maps the file names ("ca.pem", ...) to paths too.
 --   helpers.tmpdir() -> path (removed by stop_all / when Lua dies)
 --   helpers.sleep(seconds), helpers.now() (wall clock, 10 ms), helpers.stop_all(),
+--   helpers.prefix_values(cli, pfx[, rev]) -> key -> value, header;
+--   helpers.mirror_values(m) -> an etcd.mirror's copy as key -> value,
 --   helpers.eventually(limit, f[, step]) (poll f until true or limit seconds),
 --   helpers.read_file(path) -> bytes | nil, why; helpers.write_file(path, data),
 --   helpers.run_lua(script[, {env=, args=, seconds=}]) -> status, stdout,
@@ -181,6 +183,22 @@ end
 -- How many keys start with `pfx` (a count-only get on client `cli`).
 function M.count(cli, pfx)
   return assert(cli:get(pfx, { prefix = true, count_only = true })).count
+end
+
+-- The keys under `pfx` as the store has them (at `rev`, nil: now): key ->
+-- value, and the response's header.
+function M.prefix_values(cli, pfx, rev)
+  local res = assert(cli:get(pfx, { prefix = true, revision = rev }))
+  local t = {}
+  for _, kv in ipairs(res.kvs) do t[kv.key] = kv.value end
+  return t, res.header
+end
+
+-- A mirror's copy (etcd.mirror) as key -> value.
+function M.mirror_values(m)
+  local t = {}
+  for k, _, kv in m:pairs() do t[k] = kv.value end
+  return t
 end
 
 -- Children that exit on purpose run without LeakSanitizer under ASan. Every
