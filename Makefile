@@ -3,10 +3,26 @@
 #   make demo    install what is missing, build, run examples/tour.lua and
 #                examples/mirror_config.lua, each against a throw-away etcd
 
+# Which Lua: lua5.4 (the default), lua5.3, lua5.1 or luajit (Debian's luajit2,
+# OpenResty's branch). Every other Lua builds into build/<lua>/ and never
+# overwrites the default build; `make test LUA=luajit` installs its packages.
 LUA        ?= lua5.4
-LUA_PC     ?= lua5.4
+LUA_KNOWN   = lua5.4 lua5.3 lua5.1 luajit
+ifeq ($(filter $(LUA),$(LUA_KNOWN)),)
+$(error LUA=$(LUA): one of $(LUA_KNOWN) expected)
+endif
+LUA_PC     ?= $(LUA)
+# Debian's packages for each: the interpreter and the headers.
+LUA_PKGS_lua5.4 = lua5.4 liblua5.4-dev
+LUA_PKGS_lua5.3 = lua5.3 liblua5.3-dev
+LUA_PKGS_lua5.1 = lua5.1 liblua5.1-0-dev
+LUA_PKGS_luajit = luajit2 libluajit2-5.1-dev
+LUA_ABI_lua5.4  = 5.4
+LUA_ABI_lua5.3  = 5.3
+LUA_ABI_lua5.1  = 5.1
+LUA_ABI_luajit  = 5.1
 BUILD      ?= build
-VARIANT    ?=
+VARIANT    ?= $(if $(filter lua5.4,$(LUA)),,$(LUA))
 # The default build is build/etcd/core.so; any other (VARIANT=asan, ...) goes to
 # build/<variant>/etcd/core.so and never overwrites it.
 OUTDIR      = $(if $(VARIANT),$(BUILD)/$(VARIANT),$(BUILD))
@@ -14,9 +30,11 @@ GEN         = $(BUILD)/gen
 OBJDIR      = $(OUTDIR)/obj
 MODULE      = $(OUTDIR)/etcd/core.so
 
-DEB_PKGS = lua5.4 liblua5.4-dev lua-busted libgrpc-dev libprotobuf-c-dev \
+# nginx and its lua module (LuaJIT) for spec/27-openresty_spec.lua, which
+# runs the LuaJIT build under a real nginx whatever LUA is.
+DEB_PKGS = $(LUA_PKGS_$(LUA)) lua-busted libgrpc-dev libprotobuf-c-dev \
            protobuf-c-compiler etcd-server etcd-client pkg-config openssl \
-           lua-cqueues lua-luv luarocks
+           lua-cqueues lua-luv luarocks $(LUA_PKGS_luajit) nginx libnginx-mod-http-lua
 
 PKG_CFLAGS = $(shell pkg-config --cflags grpc gpr libprotobuf-c $(LUA_PC) 2>/dev/null)
 # The engine (src/engine/) and the generated code never see Lua's headers:
@@ -65,6 +83,12 @@ deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+# Building for a Lua whose headers are missing fails here, naming the
+# package, instead of building against another Lua's headers.
+.PHONY: lua-headers
+lua-headers:
+	@pkg-config --exists $(LUA_PC) || { echo "LUA=$(LUA): no Lua headers (pkg-config $(LUA_PC)); install $(LUA_PKGS_$(LUA)) (make deps LUA=$(LUA) does, as root)" >&2; exit 1; }
+
 $(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: proto/%.proto
 	@mkdir -p $(GEN)
 	protoc-c --c_out=$(GEN) -Iproto $<
@@ -74,7 +98,7 @@ $(OBJDIR)/engine/%.o: src/engine/%.c $(HDRS) $(GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(ENGINE_CFLAGS) -c $< -o $@
 
-$(OBJDIR)/%.o: src/%.c $(HDRS) $(GEN_H)
+$(OBJDIR)/%.o: src/%.c $(HDRS) $(GEN_H) | lua-headers
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
@@ -100,9 +124,28 @@ $(TESTSUPPORT): spec/support/testsupport.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -shared -o $@ $<
 
+# The LuaJIT build that spec/27's nginx loads (the same as `all` when
+# LUA=luajit).
+LUAJIT_MODULE = $(BUILD)/luajit/etcd/core.so
+.PHONY: luajit-build
+luajit-build:
+	@$(MAKE) --no-print-directory LUA=luajit all
+
 # The whole suite; every spec starts its own etcd (spec/helpers.lua).
-spec: all $(TESTSUPPORT)
+spec: all $(TESTSUPPORT) luajit-build
 	$(LUA_ENV) $(BUSTED) $(BUSTED_ARGS)
+
+# The suite under every Lua, one after the other (make test-all LUA_ALL=...
+# for some): each installs its Lua, builds into build/<lua>/ and runs it.
+LUA_ALL ?= $(LUA_KNOWN)
+.PHONY: test-all
+test-all: deps
+	$(MAKE) check-proto
+	@set -e; for l in $(LUA_ALL); do \
+	  echo "=== the suite under $$l"; \
+	  $(MAKE) --no-print-directory LUA=$$l deps; \
+	  $(MAKE) --no-print-directory LUA=$$l all spec; \
+	done
 
 test: deps
 	$(MAKE) all
@@ -129,7 +172,7 @@ doc:
 # packagers), LUA_VERSION (5.4), LIBDIR and LUADIR can be set; LuaRocks sets
 # LIBDIR and LUADIR to its tree (rockspec/).
 PREFIX      ?= /usr/local
-LUA_VERSION ?= 5.4
+LUA_VERSION ?= $(LUA_ABI_$(LUA))
 LIBDIR      ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUADIR      ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 install: all
@@ -210,7 +253,7 @@ asan: asan-build
 	$(ASAN_ENV) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' \
 	  LUA_CPATH='$(ASAN_DIR)/?.so;$(ASAN_DIR)/spec/?.so;;' \
 	  $(BUSTED_DIRECT) '--cpath=$(ASAN_DIR)/?.so;$(ASAN_DIR)/spec/?.so;' $(ASAN_KEEP_LIBS) \
-	  --exclude-tags=build $(BUSTED_ARGS) $(ASAN_SPECS)
+	  --exclude-tags=build,nginx $(BUSTED_ARGS) $(ASAN_SPECS)
 
 VALGRIND       ?= valgrind
 VALGRIND_SPECS ?= spec
@@ -221,11 +264,12 @@ VALGRIND_FLAGS ?= --leak-check=full --errors-for-leak-kinds=definite \
 
 # Specs tagged #novalgrind (timing-sensitive) are skipped under valgrind;
 # those tagged #build (they build and install the module with make and
-# luarocks, in processes of their own) under valgrind and ASan.
+# luarocks, in processes of their own) and #nginx (a real nginx runs the
+# LuaJIT build) under valgrind and ASan.
 valgrind: all $(TESTSUPPORT)
 	$(LUA_ENV) $(VALGRIND) $(VALGRIND_FLAGS) \
 	  $(BUSTED_DIRECT) '--cpath=$(OUTDIR)/?.so;$(OUTDIR)/spec/?.so;' \
-	  --exclude-tags=novalgrind,build $(BUSTED_ARGS) $(VALGRIND_SPECS)
+	  --exclude-tags=novalgrind,build,nginx $(BUSTED_ARGS) $(VALGRIND_SPECS)
 
 # ---------------------------------------------------------------------------
 # Fuzzing with libFuzzer (docs/FUZZING.md). Everything goes to build/fuzz/,

@@ -10,6 +10,7 @@
 -- keys of permissions: they are sent as given.
 -- @module etcd.auth
 local check = require "etcd.check"
+local compat = require "etcd.compat"
 local prefix_end = require("etcd.kv").prefix_end
 
 local M = {}
@@ -49,7 +50,7 @@ local function perm_type(perm)
   if not t then
     check.fail(('role_grant_permission: bad argument #4 (perm): expected one of '
       .. '"read", "readwrite", "write", got %s'):format(
-      type(perm) == "string" and ("%q"):format(perm) or math.type(perm) or type(perm)), 3)
+      type(perm) == "string" and ("%q"):format(perm) or compat.type(perm) or type(perm)), 3)
   end
   return t
 end

@@ -1,10 +1,14 @@
 --- Argument and option checking: misuse raises, naming the argument or option,
 -- at the level of the code that called the public method.
+local compat = require "etcd.compat"
+local core = require "etcd.core"
+
 local M = {}
+local mtype, tointeger = compat.type, compat.tointeger
 
 local function typename(v)
   local t = type(v)
-  if t == "number" then return math.type(v) end
+  if t == "number" then return mtype(v) end
   return t
 end
 
@@ -30,24 +34,28 @@ local checkers = {
   text = function(v) return type(v) == "string" and not v:find("\0", 1, true) end,
   table = function(v) return type(v) == "table" end,
   ["function"] = function(v) return type(v) == "function" end,
-  integer = function(v) return math.type(v) == "integer" or (math.type(v) == "float" and math.tointeger(v) ~= nil) end,
+  integer = function(v) return type(v) == "number" and tointeger(v) ~= nil end,
+  -- a lease, member or cluster id: an integer, or a decimal or "0x" string
+  -- (what ids are on 5.1/LuaJIT: etcd.id)
+  id = function(v) return core.id(v) ~= nil end,
   -- non-negative seconds, not NaN
   seconds = function(v) return type(v) == "number" and v == v and v >= 0 end,
   -- (math.tointeger alone would take the string "5" too)
   ["non-negative integer"] = function(v)
-    local i = type(v) == "number" and math.tointeger(v)
+    local i = type(v) == "number" and tointeger(v)
     return i and i >= 0
   end,
   -- a message size limit gRPC can take (a C int); 0: the default
   size = function(v)
-    local i = type(v) == "number" and math.tointeger(v)
+    local i = type(v) == "number" and tointeger(v)
     return i and i >= 0 and i <= 0x7fffffff
   end,
 }
 M.checkers = checkers
 
--- What a checked value of `kind` becomes (integers as integers).
-local INTEGRAL = { integer = true, ["non-negative integer"] = true, size = true }
+-- What a checked value of `kind` becomes: integers as integers, ids as this
+-- Lua's ids.
+local INTEGRAL = { integer = tointeger, ["non-negative integer"] = tointeger, size = tointeger, id = core.id }
 
 --- Check a value against a kind name (a key of `checkers`) or an enum table
 -- (accepted names -> wire value). Returns the normalised value or raises.
@@ -69,12 +77,14 @@ function M.value(v, kind, what, level)
     if kind == "seconds" and type(v) == "number" then got = tostring(v) end
     local want = kind == "seconds" and "non-negative number of seconds"
       or kind == "size" and "size in bytes (0 to 2^31-1)"
+      or kind == "id" and "id (an integer, or a decimal or 0x string)"
       or kind == "text" and (type(v) == "string" and "string without NUL bytes" or "string") or kind
     if kind == "text" and type(v) == "string" then got = "a string with a NUL byte" end
     if (kind == "size" or kind == "non-negative integer") and type(v) == "number" then got = tostring(v) end
     error(("%s: %s expected, got %s"):format(what, want, got), level + 1)
   end
-  if INTEGRAL[kind] then return math.tointeger(v) end
+  local norm = INTEGRAL[kind]
+  if norm then return norm(v) end
   return v
 end
 
@@ -97,7 +107,8 @@ function M.options(opts, spec, fname, level)
     -- the message is made only for a value that fails
     local c = checkers[kind]
     if c and c(v) then
-      if INTEGRAL[kind] then v = math.tointeger(v) end
+      local norm = INTEGRAL[kind]
+      if norm then v = norm(v) end
       out[k] = v
     else
       out[k] = M.value(v, kind, ("%s: option %s"):format(fname, M.name(k)), level + 1)
@@ -113,7 +124,7 @@ function M.list(t, what, level)
   end
   local n, count = #t, 0
   for k in pairs(t) do
-    if math.type(k) ~= "integer" or k < 1 or k > n then
+    if mtype(k) ~= "integer" or k < 1 or k > n then
       error(("%s: list expected (found key %s)"):format(what,
         type(k) == "string" and ("%q"):format(#k > 64 and k:sub(1, 64) .. "..." or k)
         or type(k) == "number" and tostring(k) or typename(k)), level + 1)
@@ -153,7 +164,8 @@ function M.arg(v, kind, n, name, fname, level)
   -- the message is made only for a value that fails
   local c = checkers[kind]
   if c and c(v) then
-    if INTEGRAL[kind] then return math.tointeger(v) end
+    local norm = INTEGRAL[kind]
+    if norm then return norm(v) end
     return v
   end
   local out = M.value(v, kind, ("%s: bad argument #%d (%s)"):format(fname, n, name), level + 1)

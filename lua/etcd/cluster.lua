@@ -109,7 +109,7 @@ function M.install(Client)
   --- cli:member_remove(id, opts) -> { members, header }
   function Client:member_remove(id, opts)
     check.self(self, Client, "member_remove", 2)
-    id = check.arg(id, "integer", 1, "id", "member_remove", 2)
+    id = check.arg(id, "id", 1, "id", "member_remove", 2)
     local o = check.options(opts, CALL, "member_remove", 2)
     return self:_call("Cluster.MemberRemove", { id = id }, o.timeout)
   end
@@ -117,7 +117,7 @@ function M.install(Client)
   --- cli:member_update(id, peer_urls, opts) -> { members, header }
   function Client:member_update(id, peer_urls, opts)
     check.self(self, Client, "member_update", 2)
-    id = check.arg(id, "integer", 1, "id", "member_update", 2)
+    id = check.arg(id, "id", 1, "id", "member_update", 2)
     urls(peer_urls, 2, "peer_urls", "member_update")
     local o = check.options(opts, CALL, "member_update", 2)
     return self:_call("Cluster.MemberUpdate", { id = id, peer_urls = peer_urls }, o.timeout)
@@ -130,7 +130,7 @@ function M.install(Client)
   -- the client's), and only then returned.
   function Client:member_promote(id, opts)
     check.self(self, Client, "member_promote", 2)
-    id = check.arg(id, "integer", 1, "id", "member_promote", 2)
+    id = check.arg(id, "id", 1, "id", "member_promote", 2)
     local o = check.options(opts, CALL, "member_promote", 2)
     local dl = wait.now() + (o.timeout or self._timeout)
     while true do
@@ -165,7 +165,7 @@ function M.install(Client)
     check.self(self, Client, "alarm_disarm", 2)
     check.arg(alarm, "table", 1, "alarm", "alarm_disarm", 2)
     local o = check.options(opts, CALL, "alarm_disarm", 2)
-    local member = check.value(alarm.member_id, "integer", "alarm_disarm: alarm.member_id", 2)
+    local member = check.value(alarm.member_id, "id", "alarm_disarm: alarm.member_id", 2)
     local kind = check.value(alarm.alarm, { none = "NONE", nospace = "NOSPACE", corrupt = "CORRUPT" },
       "alarm_disarm: alarm.alarm", 2)
     return self:_call("Maintenance.Alarm", { action = "DEACTIVATE", member_id = member, alarm = kind }, o.timeout)
@@ -193,7 +193,7 @@ function M.install(Client)
   -- endpoint whose status names itself leader.
   function Client:move_leader(id, opts)
     check.self(self, Client, "move_leader", 2)
-    id = check.arg(id, "integer", 1, "id", "move_leader", 2)
+    id = check.arg(id, "id", 1, "id", "move_leader", 2)
     local o = check.options(opts, CALL, "move_leader", 2)
     for _, ep in ipairs(self._endpoints) do
       local i = self._chan[ep]

@@ -13,6 +13,8 @@
 -- @module etcd.concurrency
 local etcd = require "etcd"
 local check = require "etcd.check"
+local compat = require "etcd.compat"
+local pcall = compat.pcall -- (5.1: one a coroutine can yield through)
 local wait = require "etcd.wait"
 
 local M = {}
@@ -25,13 +27,9 @@ local cmp, op = etcd.compare, etcd.op
 
 --- Go's fmt.Sprintf("%s%x", pfx, id) for an int64 lease id: lowercase hex,
 -- a minus sign for a negative id (Go formats the signed value). Exact for
--- every int64, as string.format's %x of a Lua integer is.
+-- every int64, and for ids as decimal strings (5.1/LuaJIT).
 function M.key_of(pfx, id)
-  if id < 0 then
-    if id == math.mininteger then return pfx .. "-8000000000000000" end
-    return ("%s-%x"):format(pfx, -id)
-  end
-  return ("%s%x"):format(pfx, id)
+  return pfx .. etcd.id_hex(id)
 end
 
 --- The per-call timeout left before the absolute deadline `dl` (nil: the
@@ -145,7 +143,7 @@ function Session:_alive()
   return nil, LOST, "session_lost"
 end
 
-local SESSION_OPTS = { ttl = "integer", lease = "integer", timeout = "seconds" }
+local SESSION_OPTS = { ttl = "integer", lease = "id", timeout = "seconds" }
 
 --- concurrency.new_session(cli, { ttl = 60, lease = id, timeout = s }) ->
 -- session | nil, msg, code. Grants a lease of `ttl` seconds (or takes lease
@@ -156,7 +154,7 @@ function M.new_session(cli, opts)
   local ttl = o.ttl or 60
   if ttl <= 0 then ttl = 60 end -- Go's WithTTL ignores a TTL <= 0
   local id, granted = o.lease, nil
-  if not id or id == 0 then -- 0 is Go's NoLease: grant one
+  if not id or id == etcd.id(0) then -- 0 is Go's NoLease: grant one
     local res, msg, code = cli:grant(ttl, { timeout = o.timeout })
     if not res then return nil, msg, code end
     id, granted = res.id, res.ttl
@@ -230,7 +228,7 @@ end
 
 function Session:__tostring()
   local ok = self:_alive()
-  return ("etcd.concurrency.session(%x, ttl %d)%s"):format(self._id, self._ttl, ok and "" or " ended")
+  return ("etcd.concurrency.session(%s, ttl %d)%s"):format(etcd.id_hex(self._id), self._ttl, ok and "" or " ended")
 end
 
 -- Wait until no key is left under `pfx` whose `sort` revision ("create" or
@@ -830,7 +828,7 @@ local function conflicts(self)
   if iso == "read_committed" then return {} end
   local out = read_cmps(self._rset, {})
   if iso == "serializable_snapshot" then
-    local base = math.maxinteger - 1
+    local base = compat.maxinteger - 1
     for _, r in pairs(self._rset) do
       if r.header.revision < base then base = r.header.revision end
     end
@@ -901,7 +899,7 @@ function M.new_stm(cli, fn, opts)
   while true do
     self._rset, self._wset = {}, {}
     local ok, err = pcall(function()
-      if prefetch and #prefetch > 0 then self:get(table.unpack(prefetch)) end
+      if prefetch and #prefetch > 0 then self:get(compat.unpack(prefetch)) end
       fn(self)
     end)
     if not ok then

@@ -9,6 +9,8 @@
 -- cqueues condition each. It ends when nobody waits any more, so cq:loop()
 -- returns when the user's coroutines have.
 local cqueues = require "cqueues"
+local compat = require "etcd.compat"
+local pcall = compat.pcall -- (5.1: one a coroutine can yield through)
 local condition = require "cqueues.condition"
 local wait = require "etcd.wait"
 

@@ -30,6 +30,22 @@ local etcd = {
     return kv.prefix_end(key)
   end,
   Error = errors.Error,
+  --- etcd.id(v): v as this Lua represents 64-bit ids (lease, member, cluster
+  -- ids): an integer on 5.3/5.4, a decimal string on 5.1/LuaJIT, where a
+  -- double cannot hold them. v: an integer, a decimal string or a "0x" hex
+  -- string. Raises for anything else.
+  id = function(v)
+    local id = core.id(v)
+    if id == nil then check.arg(v, "id", 1, "v", "etcd.id", 2) end
+    return id
+  end,
+  --- etcd.id_hex(id, unsigned): the id in lower-case hex, as Go's "%x"
+  -- formats it (an int64 lease id with a minus sign when negative; with
+  -- `unsigned`, a member or cluster id's 64 bits). Exact on every Lua.
+  id_hex = function(id, unsigned)
+    check.arg(id, "id", 1, "id", "etcd.id_hex", 2)
+    return core.id_hex(id, unsigned)
+  end,
   -- coroutines (README "Using with coroutines")
   spawn = sched.spawn,
   run = sched.run,
@@ -105,6 +121,12 @@ function etcd.new(opts)
   local eps = o.endpoints
   if eps then check.list(eps, "etcd.new: option 'endpoints'", 2) end
   if not eps or #eps == 0 then check.fail("etcd.new: option 'endpoints' must list at least one endpoint", 2) end
+  if wait.ngx and wait.ngx.phase() == "init" then
+    -- the nginx master, before it forks the workers: gRPC's threads would
+    -- not survive the fork, and every client would be dead in the workers
+    check.fail("etcd.new: not in init_by_lua* (nginx's master process, before the fork): create clients in"
+      .. " the workers (init_worker_by_lua*, better in an ngx.timer.at callback there, or a request handler)", 2)
+  end
   if #eps > core.MAX_ENDPOINTS then
     check.fail(("etcd.new: option 'endpoints' lists more than %d endpoints"):format(core.MAX_ENDPOINTS), 2)
   end

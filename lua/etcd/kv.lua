@@ -20,7 +20,7 @@ M.GET_OPTS = {
   min_mod_revision = "integer", max_mod_revision = "integer",
   min_create_revision = "integer", max_create_revision = "integer",
 }
-M.PUT_OPTS = { lease = "integer", prev_kv = "boolean", ignore_value = "boolean", ignore_lease = "boolean" }
+M.PUT_OPTS = { lease = "id", prev_kv = "boolean", ignore_value = "boolean", ignore_lease = "boolean" }
 M.DELETE_OPTS = { prefix = "boolean", range_end = "string", from_key = "boolean", prev_kv = "boolean" }
 
 --- The end of the range of keys that start with `key` (etcd's

@@ -3,6 +3,7 @@
 -- @module etcd.lease
 require "etcd.core" -- its classes are registered before ours look them up
 local check = require "etcd.check"
+local core = require "etcd.core"
 local wait = require "etcd.wait"
 local errors = require "etcd.errors"
 
@@ -78,7 +79,7 @@ end
 KeepAlive.__close = KeepAlive.close
 
 function KeepAlive:__tostring()
-  return ("etcd.keepalive(%x): %s"):format(self.id, (self._h:state()))
+  return ("etcd.keepalive(%s): %s"):format(core.id_hex(self.id), (self._h:state()))
 end
 
 local CALL = { timeout = "seconds" }
@@ -89,7 +90,7 @@ function M.install(Client)
   function Client:grant(ttl, opts)
     check.self(self, Client, "grant", 2)
     ttl = check.arg(ttl, "integer", 1, "ttl", "grant", 2)
-    local o = check.options(opts, { id = "integer", timeout = "seconds" }, "grant", 2)
+    local o = check.options(opts, { id = "id", timeout = "seconds" }, "grant", 2)
     local res, msg, code = self:_call("Lease.LeaseGrant", { ttl = ttl, id = o.id }, o.timeout)
     if not res then return nil, msg, code end
     if res.error ~= "" then return errors.fail(res.error, "UNKNOWN") end
@@ -100,7 +101,7 @@ function M.install(Client)
   --- cli:revoke(id, opts) -> { header }: the lease ends and its keys are deleted.
   function Client:revoke(id, opts)
     check.self(self, Client, "revoke", 2)
-    id = check.arg(id, "integer", 1, "id", "revoke", 2)
+    id = check.arg(id, "id", 1, "id", "revoke", 2)
     local o = check.options(opts, CALL, "revoke", 2)
     return self:_call("Lease.LeaseRevoke", { id = id }, o.timeout)
   end
@@ -109,7 +110,7 @@ function M.install(Client)
   -- ttl is -1 for a lease that has expired. opts: keys (list attached keys), timeout.
   function Client:time_to_live(id, opts)
     check.self(self, Client, "time_to_live", 2)
-    id = check.arg(id, "integer", 1, "id", "time_to_live", 2)
+    id = check.arg(id, "id", 1, "id", "time_to_live", 2)
     local o = check.options(opts, { keys = "boolean", timeout = "seconds" }, "time_to_live", 2)
     local res, msg, code = self:_call("Lease.LeaseTimeToLive", { id = id, keys = o.keys }, o.timeout)
     if not res then return nil, msg, code end
@@ -140,7 +141,7 @@ function M.install(Client)
   -- only etcd's answer tells, however long the first one takes).
   function Client:keepalive(id, opts)
     check.self(self, Client, "keepalive", 2)
-    id = check.arg(id, "integer", 1, "id", "keepalive", 2)
+    id = check.arg(id, "id", 1, "id", "keepalive", 2)
     local o = check.options(opts, KEEPALIVE, "keepalive", 2)
     local h, msg, code = self._core:_keepalive(id, o.ttl)
     if not h then return errors.fail(msg, code) end
@@ -154,7 +155,7 @@ function M.install(Client)
   -- A lease that no longer exists gives nil, msg, "lease_not_found".
   function Client:keepalive_once(id, opts)
     check.self(self, Client, "keepalive_once", 2)
-    id = check.arg(id, "integer", 1, "id", "keepalive_once", 2)
+    id = check.arg(id, "id", 1, "id", "keepalive_once", 2)
     local o = check.options(opts, CALL, "keepalive_once", 2)
     local timeout = o.timeout or self._timeout
     local c = self._core

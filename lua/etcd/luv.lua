@@ -12,6 +12,8 @@
 -- are uv timers. Handles are closed when nobody waits, so uv.run() returns
 -- when the coroutines have finished.
 local uv = require "luv"
+local compat = require "etcd.compat"
+local pcall = compat.pcall -- (5.1: one a coroutine can yield through)
 -- luv keeps its loop in the userdata `_loop` of the module table it makes
 -- first, freed when that table is collected, but points at it from a C
 -- context in the registry that outlives it: once package.loaded.luv is
@@ -115,8 +117,8 @@ end
 -- (outside a coroutine it runs the loop until h ends).
 function M.spawn(fn, ...)
   local task = sched.new_task(driver, fn, "etcd.luv.spawn")
-  local args = table.pack(...)
-  later(function() sched.resume(task, table.unpack(args, 1, args.n)) end)
+  local args = compat.pack(...)
+  later(function() sched.resume(task, compat.unpack(args, 1, args.n)) end)
   return task
 end
 

@@ -19,10 +19,15 @@ require "etcd.core"
 local check = require "etcd.check"
 local kv = require "etcd.kv"
 local wait = require "etcd.wait"
+local compat = require "etcd.compat"
+local pcall = compat.pcall -- (5.1: one a coroutine can yield through)
+local core = require "etcd.core"
 
 local M = {}
 
 local now = wait.now
+local running = compat.running
+local ID0 = core.id(0)
 
 local OPTS = {
   on_change = "function", on_error = "function", decode = "function",
@@ -267,7 +272,7 @@ end
 local function apply(self, resp)
   self._heard = now()
   local h = resp.header
-  if h and h.cluster_id ~= 0 and self._cluster and h.cluster_id ~= self._cluster then
+  if h and h.cluster_id ~= ID0 and self._cluster and h.cluster_id ~= self._cluster then
     need_reload(self, "restored") -- another cluster answers behind the same endpoints
     return false
   end
@@ -279,7 +284,7 @@ local function apply(self, resp)
     while i <= #events and skip.n > 0 and events[i].kv.mod_revision == skip.rev do
       i, skip.n = i + 1, skip.n - 1
     end
-    if i > 1 then events = table.move(events, i, #events, 1, {}) end
+    if i > 1 then events = compat.move(events, i, #events, 1, {}) end
     if #events > 0 or skip.n == 0 then self._skip = nil end
     if #events == 0 then return false end
   end
@@ -481,14 +486,14 @@ end
 local function advance(self, dl)
   if self._closed then return nil, CLOSED, "closed" end
   local b = self._busy
-  if b == coroutine.running() then
+  if b == running() then
     error("etcd.mirror: a mirror cannot be waited on from its own on_change or on_error", 3)
   end
-  if b and coroutine.status(b) ~= "dead" then
+  if b and compat.alive(b) then
     self._tick:wait(dl)
     return true
   end
-  self._busy = coroutine.running()
+  self._busy = running()
   local ok, a, msg, code = pcall(round, self, dl)
   self._busy = nil
   tick(self)
@@ -500,8 +505,8 @@ end
 local function catch_up(self)
   if self._closed or not self._w then return end
   local b = self._busy
-  if b and coroutine.status(b) ~= "dead" then return end
-  self._busy = coroutine.running()
+  if b and compat.alive(b) then return end
+  self._busy = running()
   local ok, e = pcall(drain, self)
   self._busy = nil
   tick(self)

@@ -85,7 +85,7 @@ local function new_sequential(cli, prefix, val, dl)
       local last = res.kvs[1].key:match("([^/]*)$")
       n = tonumber(last:match("^%d+"))
       if not n then return nil, ("etcd: key %q does not end in a number"):format(res.kvs[1].key), "UNKNOWN" end
-      n = math.tointeger(n) + 1
+      n = math.floor(n) + 1
     end
     local key = ("%s/%016d"):format(prefix, n)
     local base = "__" .. prefix

@@ -5,6 +5,8 @@
 -- failed with UNAVAILABLE is sent again, to a member that is up, within its
 -- deadline; writes are never sent twice.
 local core = require "etcd.core"
+local compat = require "etcd.compat"
+local pcall = compat.pcall -- (5.1: one a coroutine can yield through)
 local errors = require "etcd.errors"
 local wait = require "etcd.wait"
 
@@ -126,7 +128,7 @@ function M.call(cli, method, req, timeout, chan, ns)
   local cc = cli._core
   local repeatable = REPEATABLE[method]
   local retry = not chan and #cli._endpoints > 1
-  local quorum = #cli._endpoints // 2 + 1
+  local quorum = math.floor(#cli._endpoints / 2) + 1
   local attempt = 0
   while true do
     local md = cli._md

@@ -9,10 +9,13 @@
 -- @module etcd.sched
 local core = require "etcd.core"
 local wait = require "etcd.wait"
+local compat = require "etcd.compat"
+local pcall = compat.pcall -- (5.1: one a coroutine can yield through)
 
 local M = {}
 
 local now = core.now
+local floor, pack, unpack = math.floor, compat.pack, compat.unpack
 local PARK = setmetatable({}, { __tostring = function() return "etcd.sched.PARK" end })
 M.PARK = PARK
 
@@ -42,7 +45,7 @@ end
 local function sift_up(h, i)
   local e = h[i]
   while i > 1 do
-    local p = i // 2
+    local p = floor(i / 2)
     if h[p][1] <= e[1] then break end
     put(h, i, h[p])
     i = p
@@ -109,7 +112,7 @@ local function heap_kill(h, e)
     end
     for i = #h, 1, -1 do h[i] = nil end
     for i = 1, #live do put(h, i, live[i]) end
-    for i = #live // 2, 1, -1 do sift_down(h, i) end
+    for i = floor(#live / 2), 1, -1 do sift_down(h, i) end
     S.dead = 0
   end
 end
@@ -173,7 +176,7 @@ end
 local function resume(task, ...)
   local prev = S.current
   S.current = task
-  local r = table.pack(coroutine.resume(task.co, ...))
+  local r = pack(coroutine.resume(task.co, ...))
   S.current = prev
   if not r[1] then
     local err = r[2]
@@ -188,7 +191,7 @@ local function resume(task, ...)
     finish(task)
   elseif coroutine.status(task.co) == "dead" then
     task.state = "done"
-    task.results = table.pack(table.unpack(r, 2, r.n))
+    task.results = pack(unpack(r, 2, r.n))
     finish(task)
   elseif r[2] ~= PARK then
     -- a plain coroutine.yield() inside a spawned coroutine: let the others run
@@ -214,7 +217,7 @@ end
 -- built-in scheduler. It starts at the next etcd.run(), join or wait.
 function M.spawn(fn, ...)
   local task = M.new_task(driver, fn, "etcd.spawn")
-  enqueue(task, table.pack(...))
+  enqueue(task, pack(...))
   return task
 end
 
@@ -258,7 +261,7 @@ function Task:join()
   end
   self.joined = true
   if self.state == "failed" then return false, self.err end
-  return true, table.unpack(self.results, 1, self.results.n)
+  return true, unpack(self.results, 1, self.results.n)
 end
 
 function Task:__tostring()
@@ -305,7 +308,7 @@ local function run_queue()
     S.head = S.head + 1
     local task, why = e[1], e[2]
     if task.state == "running" then
-      if type(why) == "table" then resume(task, table.unpack(why, 1, why.n))
+      if type(why) == "table" then resume(task, unpack(why, 1, why.n))
       else resume(task, why) end
     end
   end
@@ -342,7 +345,12 @@ function M.step(dl)
   end
   local left = at and at - now()
   if left and left < 0 then left = 0 end
-  if #clients == 0 then
+  local ngxd = wait.ngx
+  if ngxd and ngxd.can_yield() then
+    -- inside nginx: never block the worker's event loop
+    ngxd.idle(clients, left)
+    for _, cc in ipairs(clients) do wait.dispatch(cc) end
+  elseif #clients == 0 then
     core.sleep(left)
   else
     core._poll(clients, left)
@@ -369,7 +377,7 @@ function M.raise_unjoined(d)
   local failed = d.failed
   for i, task in ipairs(failed) do
     if not task.joined then
-      d.failed = { table.unpack(failed, i + 1) }
+      d.failed = { unpack(failed, i + 1) }
       task.joined = true
       error(task.err, 0)
     end
@@ -381,7 +389,7 @@ end
 -- the handles has ended (Go's select over goroutines); `i` is its position,
 -- the rest is h_i:join(). The others go on running.
 function M.first(...)
-  local hs = table.pack(...)
+  local hs = pack(...)
   if hs.n == 0 then error("etcd.first: bad argument #1 (task handle expected, got no value)", 2) end
   for i = 1, hs.n do
     if getmetatable(hs[i]) ~= Task then

@@ -3,6 +3,7 @@
 -- @module etcd.txn
 local core = require "etcd.core"
 local check = require "etcd.check"
+local compat = require "etcd.compat"
 local kv = require "etcd.kv"
 
 local M = {}
@@ -118,7 +119,7 @@ comparer("value", "VALUE", "value", "string")
 comparer("version", "VERSION", "version", "integer")
 comparer("create_revision", "CREATE", "create_revision", "integer")
 comparer("mod_revision", "MOD", "mod_revision", "integer")
-comparer("lease", "LEASE", "lease", "integer")
+comparer("lease", "LEASE", "lease", "id")
 
 -- ---------------------------------------------------------------------------
 -- txn
@@ -146,7 +147,7 @@ function M.txn_request(t, fname, level)
       end
       local n = #list
       for k in pairs(list) do
-        if math.type(k) ~= "integer" or k < 1 or k > n then
+        if compat.type(k) ~= "integer" or k < 1 or k > n then
           check.fail(("%s: '%s' must be a list (found key %s)"):format(fname, part, tostring(k)), level + 1)
         end
       end
@@ -162,7 +163,7 @@ function M.txn_request(t, fname, level)
             check.fail(("%s: %s[%d] must be made by etcd.op.*"):format(fname, part, i), level + 1)
           end
           if x.kind == "txn" then
-            local d = (math.tointeger(rawget(x, "depth")) or M.MAX_TXN_DEPTH) + 1
+            local d = (compat.tointeger(rawget(x, "depth")) or M.MAX_TXN_DEPTH) + 1
             if d > M.MAX_TXN_DEPTH then
               check.fail(("%s: transactions nested deeper than %d levels (%s[%d])"):format(fname,
                 M.MAX_TXN_DEPTH, part, i), level + 1)

@@ -9,16 +9,20 @@
 --   * a coroutine started by etcd.spawn      -> the built-in scheduler (etcd.sched)
 --   * a coroutine started by etcd.luv.spawn  -> luv's loop (etcd.luv)
 --   * a coroutine run by a cqueues controller -> cqueues (etcd.cqueues)
+--   * nginx code in a phase that can yield   -> nginx (etcd.ngx)
 --   * anything else (the main thread, a plain coroutine) -> block the thread
 --
 -- Whoever reaps a client's ready list (`wait.dispatch`) wakes the waiters of
 -- exactly those tokens, whatever their driver: one implementation of waiting,
 -- several drivers.
 local core = require "etcd.core"
+local compat = require "etcd.compat"
+local pcall = compat.pcall -- (5.1: one a coroutine can yield through)
 
 local M = {}
 
 local now = core.now
+local running, isyieldable = compat.running, compat.isyieldable
 M.now = now
 
 --- Returned by `wait.loop` when the deadline passed.
@@ -129,14 +133,19 @@ end
 
 local function noop() end
 
+-- Inside nginx (OpenResty), the nginx driver.
+local ngxd = rawget(_G, "ngx") and require "etcd.ngx"
+M.ngx = ngxd
+
 --- The driver for the running coroutine.
 function M.driver()
-  local co, main = coroutine.running()
+  local co, main = running()
   -- where yielding is impossible (the main thread, a __close run by
   -- coroutine.close, a C function in between) a wait blocks
-  if main or not coroutine.isyieldable() then return blocking end
+  if main or not isyieldable() then return blocking end
   local d = owner[co]
   if d then return d end
+  if ngxd and ngxd.can_yield() then return ngxd end
   local cq = package.loaded.cqueues
   if cq and cq.running then
     local controller, inside = cq.running()
@@ -154,7 +163,7 @@ end
 -- coroutines may park on one token: each is woken.
 function M.park(cc, tok, dl)
   local d = M.driver()
-  local rec = { cc = cc, co = coroutine.running(), wake = noop }
+  local rec = { cc = cc, co = running(), wake = noop }
   local many = type(tok) == "table"
   if many then
     for i = 1, #tok do
@@ -204,9 +213,9 @@ end
 -- coroutine waiting on it meanwhile is misuse, raised at `level` (1: the
 -- caller).
 function M.alone(obj, what, level, fn, ...)
-  local co = coroutine.running()
+  local co = running()
   local w = obj._waiter
-  if w and w ~= co and coroutine.status(w) ~= "dead" then
+  if w and w ~= co and compat.alive(w) then
     error(("%s: another coroutine is already waiting on this %s (one waiter at a time)"):format(what, obj._kind),
       level + 1)
   end
@@ -260,7 +269,7 @@ function M.any(events, dl)
   end
   while not fired() do
     if dl and now() >= dl then return false end
-    local rec = { co = coroutine.running(), wake = noop }
+    local rec = { co = running(), wake = noop }
     for _, e in ipairs(events) do table.insert(e.recs, rec) end
     local ok, why = pcall(M.driver().park, rec, nil, dl)
     for _, e in ipairs(events) do

@@ -25,6 +25,8 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "lua/compat.h"
+
 static int t_fork(lua_State *L) {
   pid_t p = fork();
   if (p < 0) return luaL_error(L, "fork failed");
@@ -207,9 +209,22 @@ static int t_http_get(lua_State *L) {
   size_t n;
   const char *resp = lua_tolstring(L, -1, &n);
   const char *body = strstr(resp, "\r\n\r\n");
-  if (strncmp(resp, "HTTP/1.", 7) != 0 || !body || strncmp(resp + 8, " 200", 4) != 0) {
+  int status = 0;
+  if (strncmp(resp, "HTTP/1.", 7) != 0 || !body || sscanf(resp + 8, " %d", &status) != 1) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "bad HTTP response: %.80s", resp);
     lua_pushnil(L);
-    lua_pushfstring(L, "bad HTTP response: %.80s", resp);
+    lua_pushstring(L, msg);
+    return 2;
+  }
+  if (lua_toboolean(L, 4)) { /* raw: status, body whatever the status */
+    lua_pushinteger(L, status);
+    lua_pushlstring(L, body + 4, n - (size_t)(body + 4 - resp));
+    return 2;
+  }
+  if (status != 200) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "HTTP status %d", status);
     return 2;
   }
   lua_pushlstring(L, body + 4, n - (size_t)(body + 4 - resp));

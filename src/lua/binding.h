@@ -23,6 +23,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "engine/engine.h"
+#include "lua/compat.h"
 
 #define CLIENT_MT "etcd.core.client"
 #define CALL_MT "etcd.core.call"

@@ -16,7 +16,7 @@ static int l_keepalive(lua_State *L) {
   int nret;
   ec_client *c = lb_live_client(L, &nret);
   if (!c) return nret;
-  lua_Integer id = luaL_checkinteger(L, 2);
+  int64_t id = lb_check_id(L, 2);
   int64_t ms = lb_opt_ms(L, 3, 0);
   lpressure *p = lb_pressure_before_new(L, P_KA);
   lka *u = lua_newuserdatauv(L, sizeof *u, 0);
@@ -24,7 +24,7 @@ static int l_keepalive(lua_State *L) {
   u->p = NULL;
   luaL_setmetatable(L, KA_MT);
   char err[128];
-  u->l = ec_keepalive_start(c, (int64_t)id, ms, err, sizeof err);
+  u->l = ec_keepalive_start(c, id, ms, err, sizeof err);
   if (!u->l) return lb_push_fail(L, err, ec_client_closed(c) ? "closed" : "INTERNAL");
   u->p = p;
   p->live[P_KA]++;
@@ -56,14 +56,14 @@ static int k_state(lua_State *L) {
     return 3;
   }
   lua_createtable(L, 0, 3);
-  lua_pushinteger(L, (lua_Integer)r.id);
+  lb_push_id(L, r.id, 0);
   lua_setfield(L, -2, "id");
   lua_pushinteger(L, (lua_Integer)r.ttl);
   lua_setfield(L, -2, "ttl");
   lua_createtable(L, 0, 4);
-  lua_pushinteger(L, (lua_Integer)r.cluster_id);
+  lb_push_id(L, (int64_t)r.cluster_id, 1);
   lua_setfield(L, -2, "cluster_id");
-  lua_pushinteger(L, (lua_Integer)r.member_id);
+  lb_push_id(L, (int64_t)r.member_id, 1);
   lua_setfield(L, -2, "member_id");
   lua_pushinteger(L, (lua_Integer)r.revision);
   lua_setfield(L, -2, "revision");

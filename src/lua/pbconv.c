@@ -2,10 +2,16 @@
 #include "pbconv.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
+
+#include "lua/compat.h"
 
 #include "engine/pbwalk.h"
 #include "mvccpb/kv.pb-c.h"
@@ -63,6 +69,96 @@ static void push_names(lua_State *L, const ProtobufCMessageDescriptor *d) {
 }
 
 /* ---------------------------------------------------------------------- */
+/* 64-bit identifiers (compat.h)                                            */
+
+/* etcd's id fields: lease, member, cluster and leader ids. Counters (the
+ * revisions, versions, TTLs, sizes, watch ids) are plain integers. */
+static int is_id_field(const ProtobufCFieldDescriptor *f) {
+  static const char *const names[] = {"ID",        "lease",     "memberID",
+                                      "member_id", "cluster_id", "targetID",
+                                      "leader"};
+  switch (f->type) {
+  case PROTOBUF_C_TYPE_INT64:
+  case PROTOBUF_C_TYPE_UINT64:
+    break;
+  default:
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (strcmp(f->name, names[i]) == 0) return 1;
+  return 0;
+}
+
+void lb_push_id(lua_State *L, int64_t v, int is_unsigned) {
+#if LB_INT64
+  (void)is_unsigned;
+  lua_pushinteger(L, (lua_Integer)v);
+#else
+  char buf[24];
+  if (is_unsigned) snprintf(buf, sizeof buf, "%" PRIu64, (uint64_t)v);
+  else snprintf(buf, sizeof buf, "%" PRId64, v);
+  lua_pushstring(L, buf);
+#endif
+}
+
+/* A whole string in decimal ("-" allowed, up to 2^64-1) or "0x" hex. */
+static int parse_id(const char *s, size_t n, int64_t *out) {
+  if (n == 0 || n > 24 || strlen(s) != n) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (isspace((unsigned char)s[i]) || s[i] == '+') return 0;
+  char *end;
+  errno = 0;
+  if (s[0] == '-') {
+    if (n < 2 || !isdigit((unsigned char)s[1])) return 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end) return 0;
+    *out = (int64_t)v;
+    return 1;
+  }
+  int hex = n > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+  if (!isxdigit((unsigned char)s[hex ? 2 : 0]) ||
+      (!hex && !isdigit((unsigned char)s[0])))
+    return 0;
+  unsigned long long v = strtoull(s, &end, hex ? 16 : 10);
+  if (errno || *end) return 0;
+  *out = (int64_t)(uint64_t)v;
+  return 1;
+}
+
+int lb_to_id(lua_State *L, int i, int64_t *out) {
+  if (lua_type(L, i) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(L, i, &n);
+    return parse_id(s, n, out);
+  }
+  if (lua_type(L, i) != LUA_TNUMBER) return 0;
+  int ok;
+  lua_Integer v = lua_tointegerx(L, i, &ok);
+#if !LB_INT64
+  /* beyond 2^53 a double no longer holds every integer: that id was
+   * rounded before it got here */
+  if (ok && (v > ((lua_Integer)1 << 53) || v < -((lua_Integer)1 << 53))) ok = 0;
+#endif
+  if (ok) *out = (int64_t)v;
+  return ok;
+}
+
+int64_t lb_check_id(lua_State *L, int arg) {
+  int64_t v = 0;
+  if (!lb_to_id(L, arg, &v)) {
+    const char *msg =
+        lua_type(L, arg) == LUA_TSTRING || lua_type(L, arg) == LUA_TNUMBER
+            ? lua_pushfstring(L, "id expected (an integer%s, or a decimal or "
+                                 "0x string), got %s",
+                              LB_INT64 ? "" : " below 2^53",
+                              lua_tostring(L, arg))
+            : lua_pushfstring(L, "id expected, got %s", luaL_typename(L, arg));
+    luaL_argerror(L, arg, msg);
+  }
+  return v;
+}
+
+/* ---------------------------------------------------------------------- */
 /* encoding                                                                 */
 
 typedef struct enc {
@@ -108,9 +204,16 @@ static void enc_value(enc *e, int idx, const ProtobufCMessageDescriptor *d,
   case PROTOBUF_C_TYPE_UINT64:
   case PROTOBUF_C_TYPE_FIXED64: {
     int ok;
-    lua_Integer v = lua_tointegerx(L, idx, &ok);
-    if (!ok || lua_type(L, idx) != LUA_TNUMBER)
-      field_error(e, d, f, "integer", idx);
+    lua_Integer v;
+    if (is_id_field(f)) {
+      int64_t id = 0;
+      if (!lb_to_id(L, idx, &id)) field_error(e, d, f, "id", idx);
+      v = (lua_Integer)id;
+    } else {
+      v = lua_tointegerx(L, idx, &ok);
+      if (!ok || lua_type(L, idx) != LUA_TNUMBER)
+        field_error(e, d, f, "integer", idx);
+    }
     switch (f->type) {
     case PROTOBUF_C_TYPE_INT32:
     case PROTOBUF_C_TYPE_SINT32:
@@ -318,10 +421,16 @@ void pbconv_pack(lua_State *L, int idx, const ProtobufCMessageDescriptor *desc) 
   protobuf_c_message_init(desc, m);
   enc_message(&e, idx, desc, m, 0);
   size_t n = protobuf_c_message_get_packed_size(m);
+#if LB_SIZED_BUFFER
   luaL_Buffer b;
   uint8_t *out = (uint8_t *)luaL_buffinitsize(L, &b, n);
   protobuf_c_message_pack(m, out);
   luaL_pushresultsize(&b, n);
+#else
+  uint8_t *out = scratch(&e, n); /* 5.1: no sized buffer, one copy more */
+  protobuf_c_message_pack(m, out);
+  lua_pushlstring(L, (const char *)out, n);
+#endif
   lua_remove(L, e.arena); /* the scratch blocks go to the collector */
 }
 
@@ -353,10 +462,22 @@ static void push_value(lua_State *L, const ProtobufCFieldDescriptor *f,
   case PROTOBUF_C_TYPE_INT64:
   case PROTOBUF_C_TYPE_SINT64:
   case PROTOBUF_C_TYPE_SFIXED64:
+#if !LB_INT64
+    if (is_id_field(f)) {
+      lb_push_id(L, *(const int64_t *)p, 0);
+      break;
+    }
+#endif
     lua_pushinteger(L, (lua_Integer) * (const int64_t *)p);
     break;
   case PROTOBUF_C_TYPE_UINT64:
   case PROTOBUF_C_TYPE_FIXED64:
+#if !LB_INT64
+    if (is_id_field(f)) {
+      lb_push_id(L, (int64_t) * (const uint64_t *)p, 1);
+      break;
+    }
+#endif
     lua_pushinteger(L, (lua_Integer)(int64_t) * (const uint64_t *)p);
     break;
   case PROTOBUF_C_TYPE_BOOL:

@@ -62,9 +62,9 @@ lpressure *lb_pressure_of(lua_State *L) {
 /* Before creating an object of kind k (nothing of it on the stack yet). */
 lpressure *lb_pressure_before_new(lua_State *L, int k) {
   lpressure *p = lb_pressure_of(L);
-  if (!lua_gc(L, LUA_GCISRUNNING)) return p;
+  if (!LB_GC_RUNNING(L)) return p;
   if (p->live[k] >= p->limit[k]) {
-    lua_gc(L, LUA_GCCOLLECT);
+    lb_gc(L, LUA_GCCOLLECT, 0);
     p->collections[k]++;
     size_t slack = p->live[k] / 2;
     if (slack < pressure_min[k]) slack = pressure_min[k];
@@ -74,7 +74,7 @@ lpressure *lb_pressure_before_new(lua_State *L, int k) {
     }
     p->limit[k] = p->live[k] + slack;
   }
-  lua_gc(L, LUA_GCSTEP, pressure_kb[k]);
+  lb_gc(L, LUA_GCSTEP, pressure_kb[k]);
   return p;
 }
 

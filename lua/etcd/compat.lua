@@ -1,0 +1,94 @@
+--- One source for Lua 5.4, 5.3, 5.1 and LuaJIT: what the library's modules
+-- use that the older ones lack (the C side is src/lua/compat.h).
+-- Internal module: not part of the public API.
+local M = {}
+
+M.unpack = table.unpack or rawget(_G, "unpack") -- (5.1's global)
+M.pack = table.pack or function(...) return { n = select("#", ...), ... } end
+
+--- table.move, for the non-overlapping moves the library makes.
+M.move = table.move or function(a1, f, e, t, a2)
+  a2 = a2 or a1
+  for i = 0, e - f do a2[t + i] = a1[f + i] end
+  return a2
+end
+
+--- True where integers are 64-bit (5.3+); elsewhere numbers are doubles,
+-- exact below 2^53, and ids are decimal strings (etcd.id).
+M.INT64 = math.type ~= nil
+
+if M.INT64 then
+  M.type = math.type
+  M.tointeger = math.tointeger
+  M.maxinteger = math.maxinteger
+else
+  local floor, huge = math.floor, math.huge
+  --- math.type where there are only doubles: an integral value is an
+  -- "integer".
+  function M.type(v)
+    if type(v) ~= "number" then return nil end
+    if v == floor(v) and v ~= huge and v ~= -huge then return "integer" end
+    return "float"
+  end
+  function M.tointeger(v)
+    if type(v) == "number" and v == floor(v) and v ~= huge and v ~= -huge then return v end
+    return nil
+  end
+  M.maxinteger = 2 ^ 53
+end
+
+local running, isyieldable = coroutine.running, coroutine.isyieldable
+local create, resume, status, yield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
+local MAIN = {} -- stands for the main thread where coroutine.running gives nil
+
+-- Can a coroutine yield from inside pcall? 5.2+ and LuaJIT: yes; 5.1: no.
+local YIELD_ACROSS_PCALL
+do
+  local co = create(function() return pcall(yield, 1) end)
+  local ok, v = resume(co)
+  YIELD_ACROSS_PCALL = ok and v == 1
+end
+M.YIELD_ACROSS_PCALL = YIELD_ACROSS_PCALL
+
+-- Where it cannot (5.1): pcall runs f in a coroutine of its own and passes
+-- its yields on to the coroutine that called pcall (as coxpcall does); the
+-- coroutine that called pcall is its "outer" one, which M.running reports,
+-- so that the library's drivers still know whose wait it is.
+local outer = setmetatable({}, { __mode = "k" })
+
+--- coroutine.running as 5.2+ has it: the running coroutine (a stand-in
+-- object for the main thread on 5.1) and whether it is the main one.
+function M.running()
+  local co, main = running()
+  if co == nil then return MAIN, true end
+  while outer[co] do co = outer[co] end
+  if co == MAIN then return MAIN, true end
+  return co, main == true
+end
+
+if YIELD_ACROSS_PCALL then
+  M.pcall = pcall
+else
+  local function pass(co, ok, ...)
+    if not ok then return false, ... end
+    if status(co) == "dead" then return true, ... end
+    return pass(co, resume(co, yield(...)))
+  end
+  --- pcall, through which a coroutine can yield.
+  function M.pcall(f, ...)
+    local co = create(function(...) return f(...) end) -- (5.1's create takes no C function)
+    outer[co] = running() or MAIN
+    return pass(co, resume(co, ...))
+  end
+end
+
+--- Whether coroutine `co` (as M.running gives it) has not ended.
+function M.alive(co)
+  return co == MAIN or coroutine.status(co) ~= "dead"
+end
+
+--- Whether the running code can yield. 5.1 has no way to tell a C call
+-- boundary: there, any coroutine but the main thread is taken as able.
+M.isyieldable = isyieldable or function() return not select(2, M.running()) end
+
+return M

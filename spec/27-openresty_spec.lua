@@ -1,0 +1,263 @@
+-- lua-etcd inside a real nginx (Debian's nginx + libnginx-mod-http-lua, on
+-- LuaJIT; README "Using with OpenResty"): examples/openresty/nginx.conf as
+-- shipped, on a free loopback port, against a throw-away etcd. Worker 0's
+-- timer mirrors a prefix into a lua_shared_dict that a location serves;
+-- request handlers write and long-poll through their worker's client while
+-- dozens of others wait; a client cannot be made in the master;
+-- `nginx -s reload` leaves no worker, thread or connection behind.
+-- The nginx processes run the LuaJIT build (build/luajit/, made by `make
+-- spec`); this spec itself runs under any Lua. Tagged #nginx: not under
+-- ASan or valgrind (nothing of it runs in the busted process).
+local helpers = require "helpers"
+local etcd = require "etcd"
+local ts = require "testsupport"
+
+local ROOT = assert(io.popen("pwd")):read("*l")
+local NGINX = "/usr/sbin/nginx"
+local LUAJIT_BUILD = ROOT .. "/build/luajit"
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+
+-- The pids of processes whose parent is `ppid`.
+local function children(ppid)
+  local out = {}
+  for pid in sh("pgrep -P " .. ppid):gmatch("%d+") do out[#out + 1] = tonumber(pid) end
+  return out
+end
+
+local function threads(pid)
+  local s = read_file("/proc/" .. pid .. "/status") or ""
+  return tonumber(s:match("Threads:%s*(%d+)"))
+end
+
+-- Established TCP connections of process `pid` to local port `port`.
+local function connections_to(pid, port)
+  local inodes = {}
+  for inode in sh("ls -l /proc/" .. pid .. "/fd"):gmatch("socket:%[(%d+)%]") do inodes[inode] = true end
+  local n = 0
+  for _, f in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
+    for line in (read_file(f) or ""):gmatch("[^\n]+") do
+      local rport, st, inode = line:match(
+        "^%s*%d+:%s+%x+:%x+%s+%x+:(%x+)%s+(%x+)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)")
+      if rport and tonumber(rport, 16) == port and st == "01" and inodes[inode] then n = n + 1 end
+    end
+  end
+  return n
+end
+
+-- GET path -> status, body (its last newline off), or nil, msg.
+local function http(port, path, secs)
+  local status, body = ts.http_get(port, path, secs or 5, true)
+  if not status then return nil, body end
+  return status, (body:gsub("\n$", ""))
+end
+
+-- An nginx running examples/openresty/nginx.conf from `dir`, listening on
+-- `port`, its workers talking to `endpoints`. `extra` is added to the http
+-- block. A watchdog ends nginx should this Lua process die first.
+local function start_nginx(endpoints, opts)
+  opts = opts or {}
+  local dir = helpers.tmpdir()
+  local port = helpers.pick_ports(1)[1]
+  local conf = assert(read_file(ROOT .. "/examples/openresty/nginx.conf"))
+  local n
+  conf, n = conf:gsub("listen 127%.0%.0%.1:8080;", "listen 127.0.0.1:" .. port .. ";")
+  assert(n == 1)
+  conf, n = conf:gsub('lua_package_path "%$prefix/%?%.lua;;";', ('lua_package_path "$prefix/?.lua;%s/lua/?.lua;%s/lua/?/init.lua;;";\n'
+    .. '  lua_package_cpath "%s/?.so;;";\n%s'):format(ROOT, ROOT, LUAJIT_BUILD, opts.extra or ""))
+  assert(n == 1)
+  if opts.init then
+    conf, n = conf:gsub('init_by_lua_block { require "etcd" }', function() return "init_by_lua_block {" .. opts.init .. "}" end)
+    assert(n == 1)
+  end
+  if opts.location then
+    conf, n = conf:gsub("(    # GET /config/<name>)", function(c) return opts.location .. "\n" .. c end)
+    assert(n == 1)
+  end
+  if opts.workers then
+    conf, n = conf:gsub("worker_processes 2;", "worker_processes " .. opts.workers .. ";")
+    assert(n == 1)
+  end
+  -- as root, workers would run as nobody, who cannot read a tmpfs dir of ours
+  conf = "user root;\ndaemon off;\n" .. conf
+  os.execute("mkdir -p " .. dir .. "/logs")
+  write_file(dir .. "/nginx.conf", conf)
+  write_file(dir .. "/etcd_config.lua", assert(read_file(ROOT .. "/examples/openresty/etcd_config.lua")))
+  local cmd = ("cd %s && ETCD_ENDPOINTS=%s %s -p %s -c nginx.conf -e logs/error.log >logs/stdout 2>&1 & N=$!; "
+    .. "echo $N; (while kill -0 %d 2>/dev/null && kill -0 $N 2>/dev/null; do sleep 1; done; "
+    .. "kill -QUIT $N 2>/dev/null) >/dev/null 2>&1 </dev/null &"):format(dir, table.concat(endpoints, ","), NGINX, dir,
+    helpers.lua_pid)
+  local pid = tonumber(sh(cmd):match("%d+"))
+  local ngx = { dir = dir, port = port, pid = pid }
+  function ngx.log() return (read_file(dir .. "/logs/error.log") or "") .. (read_file(dir .. "/logs/stdout") or "") end
+  function ngx.workers() return children(pid) end
+  function ngx.stop()
+    if not helpers.proc_running(pid) then return end
+    os.execute("kill -QUIT " .. pid)
+    if not helpers.eventually(10, function() return not helpers.proc_running(pid) end) then
+      os.execute("pkill -KILL -P " .. pid .. "; kill -KILL " .. pid)
+    end
+    os.execute("wait " .. pid .. " 2>/dev/null")
+  end
+  assert(helpers.eventually(10, function() return http(port, "/config/none", 1) == 404 end),
+    "nginx did not start:\n" .. ngx.log())
+  return ngx
+end
+
+describe("OpenResty/nginx #nginx", function()
+  local srv, cli, ngx
+  setup(function()
+    srv = helpers.start_etcd()
+    cli = assert(etcd.new { endpoints = srv.endpoints })
+  end)
+  teardown(function()
+    if ngx then ngx.stop() end
+    if cli then cli:close() end
+    if srv then srv:stop() end
+  end)
+
+  it("worker 0 mirrors config/ into a shared dict, and nginx serves a change within a second", function()
+    assert(cli:put("config/colour", "red"))
+    ngx = start_nginx(srv.endpoints)
+    assert.is_true(helpers.eventually(5, function() return select(2, http(ngx.port, "/config/colour")) == "red" end),
+      ngx.log())
+    for _, v in ipairs { "green", "blue", "violet" } do
+      assert(cli:put("config/colour", v))
+      local seen = helpers.eventually(1, function() return select(2, http(ngx.port, "/config/colour")) == v end, 0.01)
+      assert.is_true(seen, ("the change to %s not served within a second"):format(v))
+    end
+    assert(cli:delete("config/colour"))
+    assert.is_true(helpers.eventually(1, function() return http(ngx.port, "/config/colour") == 404 end, 0.01))
+    assert.not_matches("%[error%]", ngx.log())
+  end)
+
+  it("a put from a request handler is served while 50 requests wait on etcd in the same worker", function()
+    if ngx then ngx.stop() end
+    ngx = start_nginx(srv.endpoints, { workers = 1 })
+    local dir = ngx.dir
+    local kids = {}
+    for i = 1, 50 do
+      local pid = ts.fork()
+      if pid == 0 then
+        local status, body = http(ngx.port, "/wait?key=gate", 20)
+        local f = io.open(dir .. "/kid." .. i, "wb")
+        if f then
+          f:write(tostring(status), " ", tostring(body))
+          f:close()
+        end
+        ts.exit(0)
+      end
+      kids[i] = pid
+    end
+    -- all 50 are parked in watches of nginx's only worker
+    local status, body
+    assert.is_true(helpers.eventually(15, function()
+      status, body = http(ngx.port, "/status")
+      return body:match("waiting (%d+)") == "50"
+    end), "waiting: " .. tostring(body) .. "\n" .. ngx.log())
+    -- the worker still answers: a put through etcd, from a request handler
+    status, body = http(ngx.port, "/put?key=gate&value=open", 5)
+    assert.equal(200, status, body)
+    local rev = assert(tonumber(body))
+    local res = assert(cli:get("config/gate"))
+    assert.equal("open", res.kvs[1].value)
+    assert.equal(rev, res.kvs[1].mod_revision)
+    -- and that put ended every wait
+    for i, pid in ipairs(kids) do
+      assert.equal(0, ts.wait(pid))
+      assert.equal("200 open", read_file(dir .. "/kid." .. i))
+    end
+    assert.not_matches("%[error%]", ngx.log())
+  end)
+
+  it("a client cannot be made in init_by_lua (the master): a clear error, and the workers work", function()
+    if ngx then ngx.stop() end
+    ngx = start_nginx(srv.endpoints, {
+      init = [[
+    local etcd = require "etcd"
+    local ok, err = pcall(etcd.new, { endpoints = { "127.0.0.1:1" } })
+    package.loaded.master_error = ok and "made" or tostring(err)
+  ]],
+      location = "    location = /master { content_by_lua_block { ngx.say(package.loaded.master_error) } }",
+    })
+    local status, body = http(ngx.port, "/master")
+    assert.equal(200, status)
+    assert.matches("etcd.new: not in init_by_lua%* %(nginx's master process, before the fork%)", body)
+    assert(cli:put("config/after", "fine"))
+    assert.is_true(helpers.eventually(5, function() return select(2, http(ngx.port, "/config/after")) == "fine" end),
+      ngx.log())
+    -- the master never started gRPC: one thread
+    assert.equal(1, threads(ngx.pid))
+  end)
+
+  it("nginx -s reload leaves no worker, thread or connection behind", function()
+    if ngx then ngx.stop() end
+    ngx = start_nginx(srv.endpoints, { workers = 2 })
+    local etcd_port = tonumber(srv.endpoint:match(":(%d+)$"))
+    -- each worker has made its client: worker 0's mirror, and a put's
+    local function settle(v)
+      assert(cli:put("config/reload", v))
+      for _ = 1, 8 do assert.equal(200, (http(ngx.port, "/put?key=touch&value=" .. v))) end
+      assert.is_true(helpers.eventually(5, function() return select(2, http(ngx.port, "/config/reload")) == v end),
+        ngx.log())
+    end
+    local function census()
+      local ws = ngx.workers()
+      local t, c = {}, 0
+      for i, pid in ipairs(ws) do
+        t[i] = threads(pid)
+        c = c + connections_to(pid, etcd_port)
+      end
+      table.sort(t)
+      return { workers = #ws, threads = t, connections = c, master_threads = threads(ngx.pid),
+        master_connections = connections_to(ngx.pid, etcd_port) }
+    end
+    settle("v0")
+    local before = census()
+    assert.equal(2, before.workers)
+    assert.equal(1, before.master_threads)
+    assert.equal(0, before.master_connections)
+    for round = 1, 3 do
+      local old = {}
+      for _, pid in ipairs(ngx.workers()) do old[pid] = true end
+      assert(os.execute(("%s -p %s -c nginx.conf -s reload 2>/dev/null"):format(NGINX, ngx.dir)))
+      -- the old workers end (their mirror loop sees ngx.worker.exiting())
+      assert.is_true(helpers.eventually(15, function()
+        for pid in pairs(old) do
+          if helpers.proc_running(pid) then return false end
+        end
+        return #ngx.workers() == 2
+      end), "old workers still running after reload " .. round .. "\n" .. ngx.log())
+      settle("v" .. round)
+      local after = census()
+      assert.equal(before.workers, after.workers)
+      assert.equal(before.connections, after.connections)
+      assert.equal(1, after.master_threads)
+      assert.equal(0, after.master_connections)
+      -- gRPC's pool grows and shrinks a little with the load: a new worker
+      -- has as many as the first ones had, give or take that
+      for _, t in ipairs(after.threads) do assert.is_true(t <= before.threads[2] + 3, tostring(t)) end
+    end
+    assert.not_matches("%[error%]", ngx.log())
+    assert.not_matches("%[alert%]", ngx.log())
+  end)
+end)
