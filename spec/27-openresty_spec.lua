@@ -123,6 +123,15 @@ local function start_nginx(endpoints, opts)
   return ngx
 end
 
+describe("README's OpenResty section", function()
+  it("shows examples/openresty/nginx.conf and etcd_config.lua as they are", function()
+    local readme = assert(read_file(ROOT .. "/README.md"))
+    local sec = assert(readme:match("\n## Using with OpenResty\n(.-)\n## "), "no section")
+    assert.equal(read_file(ROOT .. "/examples/openresty/nginx.conf"), sec:match("```nginx\n(.-)```"))
+    assert.equal(read_file(ROOT .. "/examples/openresty/etcd_config.lua"), sec:match("```lua\n(.-)```"))
+  end)
+end)
+
 describe("OpenResty/nginx #nginx", function()
   local srv, cli, ngx
   setup(function()
