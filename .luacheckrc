@@ -5,3 +5,5 @@ max_line_length = 120
 files["spec/"] = { std = "+busted", max_line_length = false }
 -- examples/run.lua hands the endpoints to the example it runs.
 files["examples/"] = { globals = { "ETCD_ENDPOINTS", "arg" } }
+-- the Lua side of the nginx example runs in nginx's lua module (LuaJIT)
+files["examples/openresty/"] = { std = "luajit+ngx_lua" }
