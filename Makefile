@@ -6,12 +6,14 @@
 # Which Lua: lua5.4 (the default), lua5.3, lua5.1 or luajit (Debian's luajit2,
 # OpenResty's branch). Every other Lua builds into build/<lua>/ and never
 # overwrites the default build; `make test LUA=luajit` installs its packages.
+# LUA may be a path (LuaRocks passes /usr/bin/lua5.1): its name decides.
 LUA        ?= lua5.4
 LUA_KNOWN   = lua5.4 lua5.3 lua5.1 luajit
-ifeq ($(filter $(LUA),$(LUA_KNOWN)),)
+LUA_NAME    = $(notdir $(LUA))
+ifeq ($(filter $(LUA_NAME),$(LUA_KNOWN)),)
 $(error LUA=$(LUA): one of $(LUA_KNOWN) expected)
 endif
-LUA_PC     ?= $(LUA)
+LUA_PC     ?= $(LUA_NAME)
 # Debian's packages for each: the interpreter and the headers.
 LUA_PKGS_lua5.4 = lua5.4 liblua5.4-dev
 LUA_PKGS_lua5.3 = lua5.3 liblua5.3-dev
@@ -22,7 +24,7 @@ LUA_ABI_lua5.3  = 5.3
 LUA_ABI_lua5.1  = 5.1
 LUA_ABI_luajit  = 5.1
 BUILD      ?= build
-VARIANT    ?= $(if $(filter lua5.4,$(LUA)),,$(LUA))
+VARIANT    ?= $(if $(filter lua5.4,$(LUA_NAME)),,$(LUA_NAME))
 # The default build is build/etcd/core.so; any other (VARIANT=asan, ...) goes to
 # build/<variant>/etcd/core.so and never overwrites it.
 OUTDIR      = $(if $(VARIANT),$(BUILD)/$(VARIANT),$(BUILD))
@@ -32,7 +34,7 @@ MODULE      = $(OUTDIR)/etcd/core.so
 
 # nginx and its lua module (LuaJIT) for spec/27-openresty_spec.lua, which
 # runs the LuaJIT build under a real nginx whatever LUA is.
-DEB_PKGS = $(LUA_PKGS_$(LUA)) lua-busted libgrpc-dev libprotobuf-c-dev \
+DEB_PKGS = $(LUA_PKGS_$(LUA_NAME)) lua-busted libgrpc-dev libprotobuf-c-dev \
            protobuf-c-compiler etcd-server etcd-client pkg-config openssl \
            lua-cqueues lua-luv luarocks $(LUA_PKGS_luajit) nginx libnginx-mod-http-lua
 
@@ -87,7 +89,7 @@ deps:
 # package, instead of building against another Lua's headers.
 .PHONY: lua-headers
 lua-headers:
-	@pkg-config --exists $(LUA_PC) || { echo "LUA=$(LUA): no Lua headers (pkg-config $(LUA_PC)); install $(LUA_PKGS_$(LUA)) (make deps LUA=$(LUA) does, as root)" >&2; exit 1; }
+	@pkg-config --exists $(LUA_PC) || { echo "LUA=$(LUA): no Lua headers (pkg-config $(LUA_PC)); install $(LUA_PKGS_$(LUA_NAME)) (make deps LUA=$(LUA_NAME) does, as root)" >&2; exit 1; }
 
 $(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: proto/%.proto
 	@mkdir -p $(GEN)
@@ -172,7 +174,7 @@ doc:
 # packagers), LUA_VERSION (5.4), LIBDIR and LUADIR can be set; LuaRocks sets
 # LIBDIR and LUADIR to its tree (rockspec/).
 PREFIX      ?= /usr/local
-LUA_VERSION ?= $(LUA_ABI_$(LUA))
+LUA_VERSION ?= $(LUA_ABI_$(LUA_NAME))
 LIBDIR      ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUADIR      ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 install: all

@@ -35,7 +35,7 @@ etcd's messages; misuse raises, run-time failures return nil, msg, code.
 }
 
 dependencies = {
-  "lua >= 5.4", -- 5.1, 5.3 and LuaJIT come with the portability work
+  "lua >= 5.1", -- 5.1 (and LuaJIT, which runs the 5.1 build), 5.3, 5.4
 }
 
 -- Also needed at build time, not expressible here: protoc-c
@@ -57,6 +57,7 @@ build = {
   install_pass = true,
   install_target = "install",
   install_variables = {
+    LUA = "$(LUA)",
     BUILD = "build/rock",
     LUADIR = "$(LUADIR)",
     LIBDIR = "$(LIBDIR)",

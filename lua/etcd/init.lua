@@ -78,6 +78,9 @@ local TLS_OPTS = { ca = "text", cert = "text", key = "text", server_name = "text
 local function target_of(ep, i)
   local what = ("etcd.new: endpoints[%d]"):format(i)
   if type(ep) ~= "string" then check.fail(("%s: string expected, got %s"):format(what, type(ep)), 3) end
+  if ep:find("\0", 1, true) then
+    check.fail(("%s: \"host:port\" without NUL bytes expected, got %q"):format(what, ep), 3)
+  end
   local scheme = ep:match("^(https?)://")
   local rest = ep:match("^https?://(.*)$") or ep
   rest = rest:gsub("/$", "")
