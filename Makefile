@@ -44,9 +44,16 @@ PKG_CFLAGS = $(shell pkg-config --cflags grpc gpr libprotobuf-c $(LUA_PC) 2>/dev
 ENGINE_PKG_CFLAGS = $(shell pkg-config --cflags grpc gpr libprotobuf-c 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs grpc gpr libprotobuf-c 2>/dev/null)
 
+# The version etcd.version reports: "X.Y.Z" when HEAD is tagged vX.Y.Z,
+# else "scm" (docs/RELEASING.md). The rock of a release passes it.
+VERSION ?= $(shell git describe --tags --exact-match --match 'v[0-9]*' 2>/dev/null | sed 's/^v//')
+ifeq ($(strip $(VERSION)),)
+override VERSION = scm
+endif
+
 OPTFLAGS  ?= -O2 -g
 CFLAGS_ALL = -std=gnu11 -fPIC $(OPTFLAGS) -Wall -Wextra -Werror -fvisibility=hidden \
-             -Isrc -I$(GEN) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+             -Isrc -I$(GEN) $(PKG_CFLAGS) -DLUA_ETCD_VERSION='"$(VERSION)"' $(EXTRA_CFLAGS)
 ENGINE_CFLAGS = -std=gnu11 -fPIC $(OPTFLAGS) -Wall -Wextra -Werror -fvisibility=hidden \
              -Isrc -I$(GEN) $(ENGINE_PKG_CFLAGS) $(EXTRA_CFLAGS)
 # Generated code is protoc-c's, not ours: build it without -Werror.
@@ -103,6 +110,14 @@ $(OBJDIR)/engine/%.o: src/engine/%.c $(HDRS) $(GEN_H)
 $(OBJDIR)/%.o: src/%.c $(HDRS) $(GEN_H) | lua-headers
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+# core.o is rebuilt when the version changes.
+VERSION_STAMP = $(OBJDIR)/version
+.PHONY: FORCE
+$(VERSION_STAMP): FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(VERSION)' | cmp -s - $@ 2>/dev/null || echo '$(VERSION)' > $@
+$(OBJDIR)/lua/core.o: $(VERSION_STAMP)
 
 $(OBJDIR)/gen/%.o: $(GEN)/%.c $(GEN_H)
 	@mkdir -p $(dir $@)
@@ -181,6 +196,20 @@ install: all
 	install -d $(DESTDIR)$(LIBDIR)/etcd $(DESTDIR)$(LUADIR)/etcd
 	install -m 0755 $(MODULE) $(DESTDIR)$(LIBDIR)/etcd/core.so
 	install -m 0644 lua/etcd/*.lua $(DESTDIR)$(LUADIR)/etcd/
+
+# The rockspec of release VERSION (X.Y.Z), made from the scm one: version
+# X.Y.Z-1, the source at tag vX.Y.Z, VERSION passed to the build
+# (docs/RELEASING.md). ROCKSPEC_DIR: where to write it (rockspec/).
+ROCKSPEC_DIR ?= rockspec
+.PHONY: rockspec-release
+rockspec-release:
+	@echo '$(VERSION)' | grep -Eq '^[0-9]+\.[0-9]+\.[0-9]+$$' || { echo "VERSION=X.Y.Z expected, got '$(VERSION)'" >&2; exit 1; }
+	sed -e 's/^version = "scm-1"$$/version = "$(VERSION)-1"/' \
+	    -e 's|^  url = "\(.*\)",$$|  url = "\1",\n  tag = "v$(VERSION)",|' \
+	    -e 's/^    BUILD = "build\/rock",$$/    BUILD = "build\/rock",\n    VERSION = "$(VERSION)",/' \
+	    rockspec/etcd-scm-1.rockspec > $(ROCKSPEC_DIR)/etcd-$(VERSION)-1.rockspec
+	@grep -q 'tag = "v$(VERSION)"' $(ROCKSPEC_DIR)/etcd-$(VERSION)-1.rockspec
+	@echo "wrote $(ROCKSPEC_DIR)/etcd-$(VERSION)-1.rockspec"
 
 # ---------------------------------------------------------------------------
 # Lint: luacheck (.luacheckrc) on the Lua code, cppcheck and clang-tidy
