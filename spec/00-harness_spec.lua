@@ -9,10 +9,10 @@ end
 local function etcd_pids_with(needle)
   local pids = {}
   local p = io.popen("ls /proc")
-  for pid in p:read("a"):gmatch("%d+") do
+  for pid in p:read("*a"):gmatch("%d+") do
     local f = io.open("/proc/" .. pid .. "/cmdline", "rb")
     if f then
-      local cmd = f:read("a") or ""
+      local cmd = f:read("*a") or ""
       f:close()
       if cmd:find("etcd", 1, true) and cmd:find(needle, 1, true)
          and helpers.proc_running(tonumber(pid), "etcd") then
@@ -138,17 +138,17 @@ describe("harness: ports", function()
     -- tokens carry this Lua's pid: other test runs may share the machine
     local ours = "lua-etcd-spec-" .. helpers.lua_pid .. "-"
     local before = #etcd_pids_with(ours)
-    local shm = io.popen("ls /dev/shm"):read("a")
+    local shm = io.popen("ls /dev/shm"):read("*a")
     local ok, err = pcall(helpers.start_etcd, { args = { "--no-such-flag" } })
     assert.is_false(ok)
     assert.matches("no%-such%-flag", tostring(err))
     assert.matches("log tail", tostring(err))
     assert.equal(before, #etcd_pids_with(ours))
     -- the failed start's dir is gone (names are random, so compare ours only)
-    for d in io.popen("ls /dev/shm"):read("a"):gmatch("lua%-etcd%-spec%.%w+") do
+    for d in io.popen("ls /dev/shm"):read("*a"):gmatch("lua%-etcd%-spec%.%w+") do
       if not shm:find(d, 1, true) then
         local f = io.open("/dev/shm/" .. d .. "/etcd.log")
-        local log = f and f:read("a") or ""
+        local log = f and f:read("*a") or ""
         if f then f:close() end
         assert.is_nil(log:find(ours, 1, true), "left behind: " .. d)
       end

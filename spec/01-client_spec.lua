@@ -19,9 +19,9 @@ describe("etcd.new", function()
   it("pollfd is the client's eventfd, for event loops", function()
     local cli = assert(etcd.new { endpoints = srv.endpoints })
     local fd = cli:pollfd()
-    assert.is_true(math.type(fd) == "integer" and fd > 2)
+    assert.is_true(helpers.is_integer(fd) and fd > 2)
     local p = io.popen(("readlink /proc/%d/fd/%d"):format(ts.getpid(), fd))
-    local target = p:read("a")
+    local target = p:read("*a")
     p:close()
     assert.equal("anon_inode:[eventfd]", target:gsub("%s+$", ""))
     cli:close()
@@ -132,7 +132,7 @@ describe("etcd.new", function()
 end)
 
 describe("gRPC's own log lines", function()
-  -- one failing etcd.new in a fresh lua5.4
+  -- one failing etcd.new in a fresh child Lua (helpers.run_lua)
   local script = [[local etcd = require "etcd"
 assert(not etcd.new { endpoints = { "127.0.0.1:1" }, dial_timeout = 0.3 })]]
 
@@ -197,12 +197,19 @@ describe("a closed client", function()
   end)
 
   it("is closed by a <close> variable", function()
-    local kept
-    do
-      local cli <close> = assert(etcd.new { endpoints = srv.endpoints })
-      kept = cli
-      assert(cli:put("close/a", "1"))
-    end
+    -- Lua 5.4 source, compiled here: this file loads on Luas without <close>
+    local block = helpers.load54([[
+      local etcd, srv, assert = ...
+      local kept
+      do
+        local cli <close> = assert(etcd.new { endpoints = srv.endpoints })
+        kept = cli
+        assert(cli:put("close/a", "1"))
+      end
+      return kept
+    ]], "=spec/01-client_spec.lua (a <close> block)")
+    if not block then return pending("to-be-closed variables are Lua 5.4's") end
+    local kept = block(etcd, srv, assert)
     local _, _, code = kept:get("close/a")
     assert.equal("closed", code)
   end)

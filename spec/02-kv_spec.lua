@@ -34,11 +34,11 @@ describe("KV", function()
       assert.equal("first", (cli:get_value("kv/gv", { revision = p1.header.revision })))
       assert.equal("second", (cli:get_value("kv/gv", { serializable = true })))
       -- missing: one nil, no message
-      assert.same({ n = 1 }, table.pack(cli:get_value("kv/gv-missing")))
+      assert.same({ n = 1 }, helpers.pack(cli:get_value("kv/gv-missing")))
       -- an empty value is a value
       assert(cli:put("kv/gv-empty", ""))
       assert.equal("", (cli:get_value("kv/gv-empty")))
-      local ns <close> = assert(etcd.new { endpoints = srv.endpoints, namespace = "kv/" })
+      local ns = helpers.defer(assert(etcd.new { endpoints = srv.endpoints, namespace = "kv/" }))
       local nv, nkv = ns:get_value("gv")
       assert.equal("second", nv)
       assert.equal("gv", nkv.key)

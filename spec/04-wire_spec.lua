@@ -7,7 +7,7 @@ local function varint(n)
   local out = {}
   repeat
     local b = n % 128
-    n = n // 128
+    n = math.floor(n / 128)
     out[#out + 1] = string.char(n > 0 and b + 128 or b)
   until n == 0
   return table.concat(out)

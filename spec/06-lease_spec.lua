@@ -9,7 +9,7 @@ describe("leases", function()
 
   it("grant returns an id and the ttl, and a key attached to it lives with it", function()
     local l = assert(cli:grant(60))
-    assert.is_true(math.type(l.id) == "integer" and l.id ~= 0)
+    assert.is_true(helpers.is_integer(l.id) and l.id ~= 0)
     assert.equal(60, l.ttl)
     assert.is_number(l.header.revision)
     assert.is_nil(l.error)

@@ -93,9 +93,9 @@ describe("watch", function()
   helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
 
   it("the seed's watch with prefix: every put under the prefix, in order, with its value", function()
-    local wp <close> = assert(cli:watch("foo", { prefix = true }))
-    local wr <close> = assert(cli:watch("foo", { range_end = "foo4" }))
-    local wk <close> = assert(cli:watch("foo"))
+    local wp = helpers.defer(assert(cli:watch("foo", { prefix = true })))
+    local wr = helpers.defer(assert(cli:watch("foo", { range_end = "foo4" })))
+    local wk = helpers.defer(assert(cli:watch("foo")))
     local revs = {}
     for i, k in ipairs { "foo", "foo1", "foo2", "foo3", "foo4" } do
       revs[i] = rev_of(assert(cli:put(k, "bar" .. i)))
@@ -124,7 +124,7 @@ describe("watch", function()
   end)
 
   it("a response carries header, watch_id and events; not canceled, not progress", function()
-    local w <close> = assert(cli:watch("shape/k"))
+    local w = helpers.defer(assert(cli:watch("shape/k")))
     local p = assert(cli:put("shape/k", "v"))
     local r = assert(w:next(5))
     assert.is_table(r.header)
@@ -139,8 +139,8 @@ describe("watch", function()
   end)
 
   it("prev_kv: PUT and DELETE events carry the previous key-value", function()
-    local w <close> = assert(cli:watch("pk/a", { prev_kv = true }))
-    local plain <close> = assert(cli:watch("pk/a"))
+    local w = helpers.defer(assert(cli:watch("pk/a", { prev_kv = true })))
+    local plain = helpers.defer(assert(cli:watch("pk/a")))
     local p1 = assert(cli:put("pk/a", "v1"))
     local p2 = assert(cli:put("pk/a", "v2"))
     local d = assert(cli:delete("pk/a"))
@@ -169,21 +169,21 @@ describe("watch", function()
     assert(cli:put("hx", "outside"))
     local r3 = rev_of(assert(cli:put("h/a", "3")))
     local r4 = rev_of(assert(cli:delete("h/b")))
-    local w <close> = assert(cli:watch("h/", { prefix = true, start_revision = r1 }))
+    local w = helpers.defer(assert(cli:watch("h/", { prefix = true, start_revision = r1 })))
     assert.same({ "PUT h/a=1@" .. r1, "PUT h/b=2@" .. r2, "PUT h/a=3@" .. r3, "DELETE h/b@" .. r4 },
       shape(collect(w, 4), true))
     local r5 = rev_of(assert(cli:put("h/c", "live")))
     assert.same({ "PUT h/c=live@" .. r5 }, shape(collect(w, 1), true))
     -- from a revision in the middle
-    local w2 <close> = assert(cli:watch("h/", { prefix = true, start_revision = r2 }))
+    local w2 = helpers.defer(assert(cli:watch("h/", { prefix = true, start_revision = r2 })))
     assert.same({ "PUT h/b=2@" .. r2, "PUT h/a=3@" .. r3, "DELETE h/b@" .. r4, "PUT h/c=live@" .. r5 },
       shape(collect(w2, 4), true))
   end)
 
   it("filters: noput sees only deletes, nodelete only puts, both: nothing", function()
-    local np <close> = assert(cli:watch("flt/", { prefix = true, filters = { "noput" } }))
-    local nd <close> = assert(cli:watch("flt/", { prefix = true, filters = { "nodelete" } }))
-    local none <close> = assert(cli:watch("flt/", { prefix = true, filters = { "noput", "nodelete" } }))
+    local np = helpers.defer(assert(cli:watch("flt/", { prefix = true, filters = { "noput" } })))
+    local nd = helpers.defer(assert(cli:watch("flt/", { prefix = true, filters = { "nodelete" } })))
+    local none = helpers.defer(assert(cli:watch("flt/", { prefix = true, filters = { "noput", "nodelete" } })))
     assert(cli:put("flt/a", "1"))
     assert(cli:delete("flt/a"))
     assert(cli:put("flt/b", "2"))
@@ -196,7 +196,7 @@ describe("watch", function()
   end)
 
   it("from_key: every key from the given one on", function()
-    local w <close> = assert(cli:watch("fk/m", { from_key = true }))
+    local w = helpers.defer(assert(cli:watch("fk/m", { from_key = true })))
     assert(cli:put("fk/a", "before"))
     assert(cli:put("fk/m", "1"))
     assert(cli:put("fk/z", "2"))
@@ -211,7 +211,7 @@ describe("watch", function()
     local revs = {}
     for i = 1, 10 do revs[i] = rev_of(assert(cli:put(("frag/%02d"):format(i), i .. big))) end
     -- one response from history: etcd sends it in fragments
-    local w <close> = assert(cli:watch("frag/", { prefix = true, fragment = true, start_revision = revs[1] }))
+    local w = helpers.defer(assert(cli:watch("frag/", { prefix = true, fragment = true, start_revision = revs[1] })))
     local r = assert(w:next(10))
     assert.equal(10, #r.events)
     for i = 1, 10 do
@@ -223,7 +223,7 @@ describe("watch", function()
 
   it("progress_notify: the seed's watch with progress notify gets a progress response when idle #novalgrind", function()
     local p = assert(cli:put("pn/x", "1"))
-    local w <close> = assert(cli:watch("pn/", { prefix = true, progress_notify = true }))
+    local w = helpers.defer(assert(cli:watch("pn/", { prefix = true, progress_notify = true })))
     local t0 = core.now()
     local r = assert(w:next(3))
     assert.is_true(r.progress_notify, "first response is not a progress notification")
@@ -237,7 +237,7 @@ describe("watch", function()
     assert.same({}, r2.events)
     assert.is_true(r2.header.revision >= rev_of(p2), "progress revision " .. r2.header.revision)
     -- without the option: no progress responses
-    local quiet <close> = assert(cli:watch("pn/", { prefix = true }))
+    local quiet = helpers.defer(assert(cli:watch("pn/", { prefix = true })))
     local r3, msg, code = quiet:next(1.6)
     assert.is_nil(r3, "a watch without progress_notify got a response")
     assert.equal("timeout", code, msg)
@@ -284,7 +284,7 @@ describe("watch", function()
   end)
 
   it("next(timeout) returns 'timeout' when nothing came, and the watch stays usable #novalgrind", function()
-    local w <close> = assert(cli:watch("to/k"))
+    local w = helpers.defer(assert(cli:watch("to/k")))
     local t0 = core.now()
     local r, msg, code = w:next(0.2)
     local took = core.now() - t0
@@ -296,7 +296,7 @@ describe("watch", function()
     local evs = collect(w, 1)
     assert.same({ "PUT to/k=after@" .. rev_of(p) }, shape(evs, true))
     -- the watch's `timeout` option is the default wait of next()
-    local w2 <close> = assert(cli:watch("to/k2", { timeout = 0.2 }))
+    local w2 = helpers.defer(assert(cli:watch("to/k2", { timeout = 0.2 })))
     t0 = core.now()
     r, msg, code = w2:next()
     took = core.now() - t0
@@ -359,12 +359,14 @@ describe("watch", function()
     assert.is_true(eventually(2, function() return c2._core:_nstreams() == 0 end),
       "streams left: " .. c2._core:_nstreams())
 
-    -- <close>, then a new watch opens a stream again
+    -- <close>, then a new watch opens a stream again (closed at the end of
+    -- the block as `local w3 <close>` would be)
     do
-      local w3 <close> = assert(c2:watch("cc/3"))
+      local w3 = helpers.defer(assert(c2:watch("cc/3")))
       assert(cli:put("cc/3", "z"))
       assert.same({ "PUT cc/3=z" }, shape(collect(w3, 1)))
       assert.equal(1, c2._core:_nstreams())
+      helpers.close_now(w3)
     end
     assert.is_true(eventually(2, function() return c2._core:_nstreams() == 0 end),
       "streams left after <close>: " .. c2._core:_nstreams())
@@ -416,10 +418,10 @@ describe("watch", function()
 
   it("a keyspace namespace applies to watches", function()
     local ns = assert(etcd.new { endpoints = srv.endpoints, namespace = "ns1/" })
-    local all <close> = assert(ns:watch("", { prefix = true }))
-    local one <close> = assert(ns:watch("a", { prev_kv = true }))
-    local from <close> = assert(ns:watch("b", { from_key = true }))
-    local raw <close> = assert(cli:watch("ns1/a"))
+    local all = helpers.defer(assert(ns:watch("", { prefix = true })))
+    local one = helpers.defer(assert(ns:watch("a", { prev_kv = true })))
+    local from = helpers.defer(assert(ns:watch("b", { from_key = true })))
+    local raw = helpers.defer(assert(cli:watch("ns1/a")))
     assert(cli:put("ns1", "outside"))
     assert(cli:put("ns10", "outside")) -- just after the namespace
     assert(cli:put("ns1x", "outside"))
@@ -437,16 +439,16 @@ describe("watch", function()
     assert.same({ "PUT b=2", "DELETE b", "PUT c=end" }, shape(collect(from, 3)))
     assert.same({ "PUT ns1/a=1", "PUT ns1/a=3" }, shape(collect(raw, 2)))
     -- history in the namespace
-    local hist <close> = assert(ns:watch("", { prefix = true, start_revision = rev_of(p1) }))
+    local hist = helpers.defer(assert(ns:watch("", { prefix = true, start_revision = rev_of(p1) })))
     assert.same({ "PUT a=1", "PUT b=2", "PUT a=3", "DELETE b", "PUT c=end" }, shape(collect(hist, 5)))
     ns:close()
   end)
 
   it("keys and values are binary-safe in events (NUL, 0xFF)", function()
     local key, value = "bin/\0\255k\1", "\0\255v\0"
-    local w <close> = assert(cli:watch(key))
-    local wp <close> = assert(cli:watch("bin/\0", { prefix = true }))
-    local wf <close> = assert(cli:watch("bx\255", { prefix = true }))
+    local w = helpers.defer(assert(cli:watch(key)))
+    local wp = helpers.defer(assert(cli:watch("bin/\0", { prefix = true })))
+    local wf = helpers.defer(assert(cli:watch("bx\255", { prefix = true })))
     assert(cli:put("bin/", "not under bin/\\0"))
     assert(cli:put("bin/\0", "exact"))
     assert(cli:put(key, value))
@@ -468,7 +470,7 @@ describe("watch", function()
     local revs = {}
     for i = 1, 5 do revs[i] = rev_of(assert(cli:put("cp/k", "v" .. i))) end
     assert(cli:compact(revs[5], { physical = true }))
-    local w <close> = assert(cli:watch("cp/k", { start_revision = revs[1] }))
+    local w = helpers.defer(assert(cli:watch("cp/k", { start_revision = revs[1] })))
     local r, msg, code = w:next(5)
     assert.is_nil(r, "got a response from a compacted revision")
     assert.equal("compacted", code, msg)
@@ -479,7 +481,7 @@ describe("watch", function()
     assert.is_nil(r)
     assert.equal("compacted", code, msg)
     -- the iterators raise an error object with the code
-    local w2 <close> = assert(cli:watch("cp/k", { start_revision = revs[2], timeout = 5 }))
+    local w2 = helpers.defer(assert(cli:watch("cp/k", { start_revision = revs[2], timeout = 5 })))
     local ok, err = pcall(function() for _ in w2:events() do end end)
     assert.is_false(ok)
     assert.is_table(err, "events() raised " .. tostring(err))
@@ -487,13 +489,13 @@ describe("watch", function()
     assert.matches("compacted", tostring(err))
     assert.is_true(w2.compact_revision > 0)
     -- the compaction revision itself is still there: no jump ahead
-    local w3 <close> = assert(cli:watch("cp/k", { start_revision = revs[5] }))
+    local w3 = helpers.defer(assert(cli:watch("cp/k", { start_revision = revs[5] })))
     assert.same({ "PUT cp/k=v5@" .. revs[5] }, shape(collect(w3, 1), true))
   end)
 
   it("two watches on the same key each get every event", function()
-    local a <close> = assert(cli:watch("twin/k"))
-    local b <close> = assert(cli:watch("twin/k", { prev_kv = true }))
+    local a = helpers.defer(assert(cli:watch("twin/k")))
+    local b = helpers.defer(assert(cli:watch("twin/k", { prev_kv = true })))
     assert(cli:put("twin/k", "1"))
     assert(cli:put("twin/k", "2"))
     assert.same({ "PUT twin/k=1", "PUT twin/k=2" }, shape(collect(a, 2)))
@@ -504,13 +506,13 @@ describe("watch", function()
   end)
 
   it("a watch etcd refuses (empty range) fails with nil, msg, code; the stream goes on", function()
-    local before <close> = assert(cli:watch("refused/before"))
+    local before = helpers.defer(assert(cli:watch("refused/before")))
     local w, msg, code = cli:watch("refused/b", { range_end = "refused/a" })
     assert.is_nil(w)
     assert.matches("range is empty", msg)
     assert.is_string(code)
     -- the watch created before and one created after both work
-    local after <close> = assert(cli:watch("refused/after"))
+    local after = helpers.defer(assert(cli:watch("refused/after")))
     assert(cli:put("refused/before", "1"))
     assert(cli:put("refused/after", "2"))
     assert.same({ "PUT refused/before=1" }, shape(collect(before, 1)))
@@ -533,7 +535,7 @@ describe("watch", function()
     assert.error_matches(function() cli:watch("a", { prefix = true, from_key = true }) end, "exclude each other")
     assert.has_error(function() cli:watch("a", "prefix") end,
       "watch: options must be a plain table, got string")
-    local w <close> = assert(cli:watch("misuse/a"))
+    local w = helpers.defer(assert(cli:watch("misuse/a")))
     assert.error_matches(function() w:next("1") end, "timeout")
     assert.error_matches(function() w:next(-1) end, "timeout")
   end)
@@ -551,15 +553,15 @@ describe("watch with a slow consumer", function()
     local pad = string.rep("v", VSIZE - 7)
     local function key(i) return ("slow/%06d"):format(i) end
     local function value(i) return ("%06d:"):format(i) .. pad end
-    local w <close> = assert(cli:watch("slow/", { prefix = true }))
-    local other <close> = assert(cli:watch("slowx"))
+    local w = helpers.defer(assert(cli:watch("slow/", { prefix = true })))
+    local other = helpers.defer(assert(cli:watch("slowx")))
     local r0 = assert(cli:get("slow/")).header.revision
     collectgarbage()
     collectgarbage()
     local rss0 = rss_kb()
     local peak = rss0
     local t0 = core.now()
-    for b = 0, N // PER_TXN - 1 do
+    for b = 0, math.floor(N / PER_TXN) - 1 do
       local ops = {}
       for j = 1, PER_TXN do
         local i = b * PER_TXN + j
@@ -572,7 +574,7 @@ describe("watch with a slow consumer", function()
     -- the client's stream still flows for its other watches
     local px = assert(cli:put("slowx", "after"))
     assert.same({ "PUT slowx=after@" .. rev_of(px) }, shape(collect(other, 1, 5), true))
-    assert.equal(r0 + N // PER_TXN + 1, rev_of(px)) -- nothing else wrote
+    assert.equal(r0 + math.floor(N / PER_TXN) + 1, rev_of(px)) -- nothing else wrote
     -- let the pump take in whatever etcd still sends; keep the highest RSS
     local t1 = core.now()
     repeat
@@ -598,7 +600,7 @@ describe("watch with a slow consumer", function()
       nresp, max_evs = nresp + 1, math.max(max_evs, #r.events)
       for _, ev in ipairs(r.events) do
         n = n + 1
-        local want_rev = r0 + (n - 1) // PER_TXN + 1
+        local want_rev = r0 + math.floor((n - 1) / PER_TXN) + 1
         if n > N or ev.type ~= "PUT" or ev.kv.key ~= key(n) or ev.kv.value ~= value(n)
             or ev.kv.mod_revision ~= want_rev then
           error(("event %d: got %s %q (value %q...) @%s, want PUT %q @%d"):format(n, tostring(ev.type),
@@ -611,20 +613,21 @@ describe("watch with a slow consumer", function()
     local pe = assert(cli:put("slow/~end", "end"))
     assert.same({ "PUT slow/~end=end@" .. rev_of(pe) }, shape(collect(w, 1, 10), true))
     print(("\n  slow consumer: writes %.1f s, drain %.1f s in %d responses (largest: %d events), RSS %d MB -> peak %d MB (+%d MB) unread, %d MB draining"):format(
-      t_write, t_drain, nresp, max_evs, rss0 // 1024, peak // 1024, growth // 1024, drain_peak // 1024))
+      t_write, t_drain, nresp, max_evs, math.floor(rss0 / 1024), math.floor(peak / 1024),
+      math.floor(growth / 1024), math.floor(drain_peak / 1024)))
     if helpers.under_asan then
       print("  (ASan keeps freed memory in its quarantine: RSS not checked)")
     else
       assert.is_true(growth < LIMIT_KB, ("RSS grew by %d MB (limit %d MB) while the watch was not read"):format(
-        growth // 1024, LIMIT_KB // 1024))
+        math.floor(growth / 1024), math.floor(LIMIT_KB / 1024)))
       assert.is_true(drain_peak - rss0 < LIMIT_KB, ("RSS grew by %d MB (limit %d MB) while the watch caught up: %d events in %d responses, the largest %d events"):format(
-        (drain_peak - rss0) // 1024, LIMIT_KB // 1024, N, nresp, max_evs))
+        math.floor((drain_peak - rss0) / 1024), math.floor(LIMIT_KB / 1024), N, nresp, max_evs))
     end
   end)
 
   it("3000 single puts while the watch is not read (over 1024 responses): all of them, once, in order #novalgrind", function()
     local N = 3000
-    local w <close> = assert(cli:watch("cnt/", { prefix = true }))
+    local w = helpers.defer(assert(cli:watch("cnt/", { prefix = true })))
     local r0 = assert(cli:get("cnt/")).header.revision
     for i = 1, N do assert(cli:put(("cnt/%04d"):format(i), tostring(i))) end
     local want, got = {}, {}
@@ -640,7 +643,7 @@ describe("watch with a slow consumer", function()
     local TXNS, PER_TXN = 100, 100 -- 10,000 x 4 KB: 40 MB, far over the 8 MiB queue bound
     local pad = string.rep("c", 4000)
     local function key(i) return ("cw/%05d"):format(i) end
-    local w <close> = assert(cli:watch("cw/", { prefix = true }))
+    local w = helpers.defer(assert(cli:watch("cw/", { prefix = true })))
     local r0 = assert(cli:get("cw/")).header.revision
     for b = 0, TXNS - 1 do
       local ops = {}
@@ -656,7 +659,7 @@ describe("watch with a slow consumer", function()
       if not r then break end
       for _, ev in ipairs(r.events) do
         n = n + 1
-        local want_rev = r0 + (n - 1) // PER_TXN + 1
+        local want_rev = r0 + math.floor((n - 1) / PER_TXN) + 1
         if ev.kv.key ~= key(n) or ev.kv.mod_revision ~= want_rev then
           error(("event %d: got %s, want %s @%d"):format(n, sig(ev, true):sub(1, 40), key(n), want_rev))
         end
@@ -674,8 +677,8 @@ describe("watch across a member restart", function()
   helpers.etcd_fixture(function(s, c) srv, cli = s, c end)
 
   it("a writer keeps writing while the member restarts: every write is seen exactly once, in order #slow #novalgrind", function()
-    local w <close> = assert(cli:watch("rs/", { prefix = true }))
-    local idle <close> = assert(cli:watch("rs-idle/", { prefix = true })) -- gets nothing before the restart
+    local w = helpers.defer(assert(cli:watch("rs/", { prefix = true })))
+    local idle = helpers.defer(assert(cli:watch("rs-idle/", { prefix = true }))) -- gets nothing before the restart
     local written = {} -- puts that returned success: "key=value@rev"
     local function put(i)
       local k = ("rs/%04d"):format(i)
@@ -748,7 +751,7 @@ describe("watch across a member restart", function()
     local pad = string.rep("p", 4000)
     local function key(i) return ("rb/%05d"):format(i) end
     local function value(i) return i .. ":" .. pad end
-    local w <close> = assert(cli:watch("rb/", { prefix = true }))
+    local w = helpers.defer(assert(cli:watch("rb/", { prefix = true })))
     local r0 = assert(cli:get("rb/")).header.revision
     local function write_txns(from, to)
       for b = from, to do
@@ -777,7 +780,7 @@ describe("watch across a member restart", function()
       if not r then error(("after %d of %d events: w:next gave nil, %s, %s"):format(n, total, tostring(msg), tostring(code))) end
       for _, ev in ipairs(r.events) do
         n = n + 1
-        local want_rev = r0 + (n - 1) // PER_TXN + 1
+        local want_rev = r0 + math.floor((n - 1) / PER_TXN) + 1
         if n > total or ev.kv.key ~= key(n) or ev.kv.value ~= value(n) or ev.kv.mod_revision ~= want_rev then
           error(("event %d: got %s, want %s @%d"):format(n, sig(ev, true):sub(1, 40), key(n), want_rev))
         end

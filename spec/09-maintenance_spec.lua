@@ -18,7 +18,7 @@ describe("cluster and maintenance", function()
     assert.equal(3, #res.members)
     local names, clients = {}, {}
     for _, m in ipairs(res.members) do
-      assert.is_true(math.type(m.id) == "integer" and m.id ~= 0)
+      assert.is_true(helpers.is_integer(m.id) and m.id ~= 0)
       assert.is_false(m.is_learner)
       names[m.name] = true
       clients[m.client_urls[1]] = true
@@ -206,7 +206,7 @@ describe("snapshot", function()
     -- and restores it (checking etcd's SHA-256 at its end) into a new member
     local srv2 = helpers.start_etcd {}
     srv2:stop { keep_data = true }
-    assert(os.execute("rm -rf '" .. srv2.data_dir .. "'"))
+    assert(helpers.execute("rm -rf '" .. srv2.data_dir .. "'"))
     ok, out, err = helpers.etcdctl(srv2, "snapshot", "restore", path, "--data-dir", srv2.data_dir,
       "--name", srv2.name, "--initial-cluster", srv2.initial_cluster,
       "--initial-cluster-token", srv2.token, "--initial-advertise-peer-urls", srv2.peer_url)

@@ -200,7 +200,7 @@ describe("auth administration", function()
     fails(E, "INVALID_ARGUMENT", cli:auth_disable())
     -- logged in as the guest: foo yes, zoo1 no (the walk-through's txn
     -- compares zoo1), administration no, but its own user and role yes
-    local guest <close> = assert(etcd.new { endpoints = srv.endpoints, user = "xingyys", password = "123" })
+    local guest = helpers.defer(assert(etcd.new { endpoints = srv.endpoints, user = "xingyys", password = "123" }))
     assert(guest:put("foo", "2"))
     assert.equal("2", assert(guest:get("foo")).kvs[1].value)
     local DENIED = "etcdserver: permission denied"
@@ -219,7 +219,7 @@ describe("auth administration", function()
     fails("etcdserver: authentication failed, invalid user ID or password", "auth_failed",
       etcd.new { endpoints = srv.endpoints, user = "xingyys", password = "wrong" })
     -- root administers with auth on; etcd keeps root root
-    local root <close> = assert(etcd.new { endpoints = srv.endpoints, user = "root", password = "123" })
+    local root = helpers.defer(assert(etcd.new { endpoints = srv.endpoints, user = "root", password = "123" }))
     assert.same({ "root", "xingyys" }, assert(root:user_list()).users)
     local BAD = "etcdserver: invalid auth management"
     fails(BAD, "INVALID_ARGUMENT", root:user_revoke_role("root", "root"))
@@ -246,7 +246,7 @@ describe("auth administration", function()
   end)
 
   it("permission keys do not take the client's namespace (as in Go)", function()
-    local ns <close> = assert(etcd.new { endpoints = srv.endpoints, namespace = "app/" })
+    local ns = helpers.defer(assert(etcd.new { endpoints = srv.endpoints, namespace = "app/" }))
     assert(ns:role_add("r"))
     assert(ns:role_grant_permission("r", "foo", nil, "read", { prefix = true }))
     assert.same({ { perm_type = "read", key = "foo", range_end = "fop" } }, assert(cli:role_get("r")).perm)

@@ -49,7 +49,7 @@ local function exercise(cli, prefix)
   assert.equal(1, r.count)
   assert.equal("v1", r.kvs[1].value)
 
-  local w <close> = assert(cli:watch(prefix .. "/w"))
+  local w = helpers.defer(assert(cli:watch(prefix .. "/w")))
   assert(cli:put(prefix .. "/w", "event"))
   local wr = assert(w:next(5))
   assert.equal(1, #wr.events)
@@ -61,11 +61,14 @@ local function exercise(cli, prefix)
   local ko = assert(cli:keepalive_once(l.id))
   assert.equal(l.id, ko.id)
   assert.is_true(ko.ttl > 0)
-  local ka <close> = assert(cli:keepalive(l.id))
+  local ka = helpers.defer(assert(cli:keepalive(l.id)))
   local kr = assert(ka:next(5))
   assert.equal(l.id, kr.id)
   assert.is_true(kr.ttl > 0)
   assert(cli:revoke(l.id))
+  -- closed on return, as `local ka <close>` and `local w <close>` would be
+  helpers.close_now(ka)
+  helpers.close_now(w)
 end
 
 describe("TLS", function()
@@ -99,42 +102,42 @@ describe("TLS", function()
 
   describe("connects", function()
     it("with the CA given as a path (https:// endpoint)", function()
-      local cli <close> = assert(etcd.new { endpoints = { srv.https_endpoint }, tls = { ca = certs.ca },
-                                            dial_timeout = DIAL })
+      local cli = helpers.defer(assert(etcd.new { endpoints = { srv.https_endpoint }, tls = { ca = certs.ca },
+                                                  dial_timeout = DIAL }))
       local r = assert(cli:put("tls/path", "1"))
       assert.is_number(r.header.revision)
       assert.equal("1", assert(cli:get("tls/path")).kvs[1].value)
     end)
 
     it("with the CA given inline as PEM text, on a plain host:port endpoint", function()
-      local cli <close> = assert(etcd.new { endpoints = { srv.endpoint }, tls = { ca = slurp(certs.ca) },
-                                            dial_timeout = DIAL })
+      local cli = helpers.defer(assert(etcd.new { endpoints = { srv.endpoint }, tls = { ca = slurp(certs.ca) },
+                                                  dial_timeout = DIAL }))
       assert(cli:put("tls/inline", "1"))
       assert.equal("1", assert(cli:get("tls/inline")).kvs[1].value)
     end)
 
     it("put, get, watch and keep-alive work over TLS", function()
-      local cli <close> = assert(etcd.new { endpoints = { srv.https_endpoint }, tls = { ca = certs.ca },
-                                            dial_timeout = DIAL })
+      local cli = helpers.defer(assert(etcd.new { endpoints = { srv.https_endpoint }, tls = { ca = certs.ca },
+                                                  dial_timeout = DIAL }))
       exercise(cli, "tls/ops")
     end)
 
     it("mutual TLS with client cert and key as paths", function()
-      local cli <close> = assert(etcd.new { endpoints = { msrv.https_endpoint },
-        tls = { ca = certs.ca, cert = certs.client, key = certs.client_key }, dial_timeout = DIAL })
+      local cli = helpers.defer(assert(etcd.new { endpoints = { msrv.https_endpoint },
+        tls = { ca = certs.ca, cert = certs.client, key = certs.client_key }, dial_timeout = DIAL }))
       exercise(cli, "mtls/path")
     end)
 
     it("mutual TLS with CA, client cert and key inline", function()
-      local cli <close> = assert(etcd.new { endpoints = { msrv.endpoint },
+      local cli = helpers.defer(assert(etcd.new { endpoints = { msrv.endpoint },
         tls = { ca = slurp(certs.ca), cert = slurp(certs.client), key = slurp(certs.client_key) },
-        dial_timeout = DIAL })
+        dial_timeout = DIAL }))
       exercise(cli, "mtls/inline")
     end)
 
     it("with server_name = 'localhost' (a DNS SAN of the server certificate)", function()
-      local cli <close> = assert(etcd.new { endpoints = { srv.https_endpoint },
-        tls = { ca = certs.ca, server_name = "localhost" }, dial_timeout = DIAL })
+      local cli = helpers.defer(assert(etcd.new { endpoints = { srv.https_endpoint },
+        tls = { ca = certs.ca, server_name = "localhost" }, dial_timeout = DIAL }))
       assert(cli:put("tls/sni", "1"))
       assert.equal("1", assert(cli:get("tls/sni")).kvs[1].value)
     end)
@@ -171,7 +174,7 @@ describe("TLS", function()
   end)
 
   describe("gRPC's own TLS log lines", function()
-    -- like spec/01-client_spec.lua: one failing etcd.new in a fresh lua5.4
+    -- like spec/01-client_spec.lua: one failing etcd.new in a fresh child Lua
     local function stderr_of(env)
       local script = ([[local etcd = require "etcd"
 local cli, msg = etcd.new { endpoints = { %q }, tls = { ca = %q }, dial_timeout = 1 }

@@ -15,14 +15,14 @@ local NAN, INF = 0 / 0, math.huge
 local MAXI, MINI = math.maxinteger, math.mininteger
 local MiB = 1024 * 1024
 
-local function pack(...) return table.pack(...) end
+local function pack(...) return helpers.pack(...) end
 local function esc(s) return (s:gsub("%p", "%%%0")) end
 
 -- Call f with args from a Lua frame of this file that is not a tail call, so
 -- that an error raised at the caller's level carries this file's name.
 local function try(f, args)
   return pcall(function()
-    local r = table.pack(f(table.unpack(args, 1, args.n)))
+    local r = helpers.pack(f(helpers.unpack(args, 1, args.n)))
     return r
   end)
 end
@@ -337,7 +337,7 @@ describe("hostile input", function()
           -- was signalled at close)
           assert.equal(name == "events" and "r" or nil, c[name](c))
         else
-          local res, msg, code = c[name](c, table.unpack(a, 1, a.n))
+          local res, msg, code = c[name](c, helpers.unpack(a, 1, a.n))
           assert_fails("closed", "^etcd: client is closed$", res, msg, code)
         end
       end
@@ -549,7 +549,7 @@ describe("hostile input", function()
     end)
 
     it("keys and values over etcd's request limit give too_large; the client stays usable", function()
-      local big = ("k"):rep(1.6 * MiB // 1)
+      local big = ("k"):rep(math.floor(1.6 * MiB))
       -- over etcd's --max-request-bytes (1.5 MiB by default)
       assert_fails("too_large", "^etcdserver: request is too large %(over etcd's", cli:put(big, "v"))
       assert_fails("too_large", "^etcdserver: request is too large %(over etcd's", cli:put("hostile/big", big))
@@ -557,7 +557,7 @@ describe("hostile input", function()
       assert_fails("too_large", nil, cli:batch({ etcd.op.put("hostile/big", big) }, { atomic = true }))
       assert_fails("too_large", nil, cli:user_add(big, "p"))
       -- over the client's max_send_size (2 MiB by default): refused before it is sent
-      local huge = ("k"):rep(2.1 * MiB // 1)
+      local huge = ("k"):rep(math.floor(2.1 * MiB))
       assert_fails("too_large", "Sent message larger than max", cli:put(huge, "v"))
       assert_fails("too_large", "Sent message larger than max", cli:get(huge))
       assert_fails("too_large", "Sent message larger than max", cli:delete(huge))
@@ -572,9 +572,9 @@ describe("hostile input", function()
     it("a watch over the client's send limit fails at once with too_large; other watches go on", function()
       local w1 = assert(cli:watch("hostile/w1"))
       local t0 = helpers.now()
-      assert_fails("too_large", "Sent message larger than max", cli:watch(("k"):rep(2.1 * MiB // 1)))
+      assert_fails("too_large", "Sent message larger than max", cli:watch(("k"):rep(math.floor(2.1 * MiB))))
       assert_fails("too_large", "Sent message larger than max",
-        cli:watch("a", { range_end = ("z"):rep(2.1 * MiB // 1) }))
+        cli:watch("a", { range_end = ("z"):rep(math.floor(2.1 * MiB)) }))
       -- exactly at the limit: the WatchRequest for a 1016-byte key is 1024 bytes
       -- (tag, length, create_request { tag, length, key, fragment = true })
       local small = assert(etcd.new { endpoints = srv.endpoints, max_send_size = 1024 })
@@ -587,7 +587,7 @@ describe("hostile input", function()
       small:close()
       assert.is_true(helpers.now() - t0 < 5)
       -- one a little under the limit is created (etcd takes up to 2 MiB on a stream)
-      local w2 = assert(cli:watch(("k"):rep(1.6 * MiB // 1)))
+      local w2 = assert(cli:watch(("k"):rep(math.floor(1.6 * MiB))))
       w2:close()
       assert(cli:put("hostile/w1", "1"))
       local r = assert(w1:next(10))

@@ -173,7 +173,7 @@ describe("resources", function()
       ("etcd still has %d watchers (had %d)"):format(server_watchers(srv), w0))
     assert.is_true(eventually(5, function() return cli._core:_nstreams() == 0 end))
     -- the client still watches
-    local w <close> = assert(cli:watch("res/after"))
+    local w = helpers.defer(assert(cli:watch("res/after")))
     local p = assert(cli:put("res/after", "x"))
     local r = assert(w:next(5))
     assert.equal(p.header.revision, r.events[1].kv.mod_revision)
@@ -258,11 +258,9 @@ io.write(("ok %d %d %d\n"):format(#heap, p.limit, p.collections))
     f:write(script)
     f:close()
     local q = helpers.shell_quote
-    local cmd = ("ulimit -n 128 && LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d lua5.4 %s %s 2>&1"):format(
-      q(package.path), q(package.cpath), 60 * helpers.slowdown, q(src), q(srv.endpoint))
-    local p = assert(io.popen("sh -c " .. q(cmd)))
-    local out = p:read("a")
-    local ok = p:close()
+    local cmd = ("ulimit -n 128 && LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d %s %s %s 2>&1"):format(
+      q(package.path), q(package.cpath), 60 * helpers.slowdown, helpers.lua, q(src), q(srv.endpoint))
+    local out, ok = helpers.popen("sh -c " .. q(cmd)).finish()
     os.remove(src)
     local limit, collections = out:match("^ok 16000 (%d+) (%d+)\n$")
     assert(ok and limit, out)
@@ -384,7 +382,7 @@ describe("os.exit with live clients", function()
   setup(function() srv = helpers.start_etcd() end)
   teardown(function() if srv then srv:stop() end end)
 
-  -- A child lua5.4 with the spec's module paths (and, under ASan, its preload).
+  -- A child Lua (helpers.lua) with the spec's module paths (and, under ASan, its preload).
   local SCRIPT = [[
 local etcd = require "etcd"
 local core = require "etcd.core"

@@ -15,8 +15,8 @@ local T = 0.3
 
 local function timed(f, ...)
   local t0 = core.now()
-  local r = table.pack(f(...))
-  return core.now() - t0, table.unpack(r, 1, r.n)
+  local r = helpers.pack(f(...))
+  return core.now() - t0, helpers.unpack(r, 1, r.n)
 end
 
 local eventually = helpers.eventually

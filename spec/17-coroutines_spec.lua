@@ -379,7 +379,7 @@ describe("coroutines and keep-alives", function()
     local n = helpers.under_asan and 5000 or 20000
     local kas = {}
     local per = 100
-    for g = 0, n // per - 1 do
+    for g = 0, math.floor(n / per) - 1 do
       etcd.spawn(function()
         for i = 1, per do
           local l = assert(cli:grant(60))
@@ -391,7 +391,7 @@ describe("coroutines and keep-alives", function()
     assert.equal(n, cli._core:_nkeepalives())
     for _ = 1, 20 do assert(cli:get("ka/k", { serializable = true })) end
     eventually(30, function()
-      for i = 1, n, n // 50 do
+      for i = 1, n, math.floor(n / 50) do
         if kas[i]:next(0) == nil and kas[i]._seen == 0 then return false end
       end
       return true

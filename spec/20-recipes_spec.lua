@@ -56,12 +56,12 @@ end
 
 -- The handle's results after it ended without an error.
 local function results(h)
-  local r = table.pack(h:join())
+  local r = helpers.pack(h:join())
   assert(r[1], r[2])
-  return table.unpack(r, 2, r.n)
+  return helpers.unpack(r, 2, r.n)
 end
 
--- A child lua5.4 running `script` with `args` (...), started in the
+-- A child Lua (helpers.lua) running `script` with `args` (...), started in the
 -- background with this process's module paths (as helpers.run_lua builds its
 -- command line). child.finish() waits for it: stdout, exit status, stderr.
 local function start_child(script, args)
@@ -72,13 +72,12 @@ local function start_child(script, args)
   for i, a in ipairs(args) do qa[i] = q(tostring(a)) end
   local asan = helpers.under_asan
     and "ASAN_OPTIONS=" .. q((os.getenv("ASAN_OPTIONS") or "") .. ":detect_leaks=0") .. " " or ""
-  local cmd = ("%sLUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d lua5.4 %s %s 2>%s"):format(
-    asan, q(package.path), q(package.cpath), math.ceil(30 * slow), q(src), table.concat(qa, " "), q(errf))
-  local p = assert(io.popen(cmd, "r"))
+  local cmd = ("%sLUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d %s %s %s 2>%s"):format(
+    asan, q(package.path), q(package.cpath), math.ceil(30 * slow), helpers.lua, q(src), table.concat(qa, " "), q(errf))
+  local p = helpers.popen(cmd)
   local child = {}
   function child.finish()
-    local out = p:read("a")
-    local _, _, status = p:close()
+    local out, _, _, status = p.finish()
     local err = helpers.read_file(errf) or ""
     os.remove(src)
     os.remove(errf)

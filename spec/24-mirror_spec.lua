@@ -41,12 +41,12 @@ describe("etcd.mirror", function()
     assert(cli:put("ld", "not in the prefix"))
     assert(cli:put("le/x", "nor this"))
     local seen = {}
-    local m <close> = assert(etcd.mirror(cli, "ld/", {
+    local m = helpers.defer(assert(etcd.mirror(cli, "ld/", {
       page_size = 7,
       on_change = function(kind, key, kv, prev_kv, value)
         seen[#seen + 1] = { kind, key, kv and kv.value, prev_kv and prev_kv.value, value }
       end,
-    }))
+    })))
     local now = assert(cli:get("zz"))
     assert.equal(250, m:count())
     assert.equal(now.header.revision, m:revision())
@@ -110,13 +110,13 @@ describe("etcd.mirror", function()
   end)
 
   it("pages: a prefix larger than the client's receive limit loads", function()
-    local small <close> = assert(etcd.new { endpoints = srv.endpoints, max_recv_size = 200000 })
+    local small = helpers.defer(assert(etcd.new { endpoints = srv.endpoints, max_recv_size = 200000 }))
     local big = string.rep("b", 1000)
     for i = 1, 400 do assert(cli:put(("pg/%03d"):format(i), big)) end
     local res, msg, code = small:get("pg/", { prefix = true })
     assert.is_nil(res)
     assert.equal("too_large", code, msg)
-    local m <close> = assert(etcd.mirror(small, "pg/", { page_size = 50 }))
+    local m = helpers.defer(assert(etcd.mirror(small, "pg/", { page_size = 50 })))
     assert.equal(400, m:count())
     assert.equal(big, (m:get("pg/400")))
     -- a page too large for the limit fails the first load as a call would
@@ -128,7 +128,7 @@ describe("etcd.mirror", function()
   it("delivers a transaction's changes together, in revision order, each once", function()
     assert(cli:put("tx/a", "1"))
     assert(cli:put("tx/b", "1"))
-    local m <close> = assert(etcd.mirror(cli, "tx/"))
+    local m = helpers.defer(assert(etcd.mirror(cli, "tx/")))
     local it = m:changes(0)
     assert.is_nil(it()) -- nothing yet
     local t = assert(cli:txn { success = { etcd.op.put("tx/a", "2"), etcd.op.delete("tx/b"), etcd.op.put("tx/c", "3") } })
@@ -154,13 +154,13 @@ describe("etcd.mirror", function()
     assert(cli:put("dc/n", "42"))
     assert(cli:put("dc/bad", "forty-two"))
     local calls = 0
-    local m <close> = assert(etcd.mirror(cli, "dc/", {
+    local m = helpers.defer(assert(etcd.mirror(cli, "dc/", {
       decode = function(v, key)
         calls = calls + 1
         assert(key:sub(1, 3) == "dc/")
         return assert(tonumber(v), "not a number: " .. v)
       end,
-    }))
+    })))
     assert.equal(2, calls)
     local v, kv, err = m:get("dc/n")
     assert.equal(42, v)
@@ -177,7 +177,7 @@ describe("etcd.mirror", function()
     assert.equal(7, (m:get("dc/bad")))
     assert.equal(3, calls)
 
-    local k <close> = assert(etcd.mirror(cli, "dc/", { keys_only = true }))
+    local k = helpers.defer(assert(etcd.mirror(cli, "dc/", { keys_only = true })))
     local yes, kkv = k:get("dc/n")
     assert.is_true(yes)
     assert.is_nil(kkv.value)
@@ -191,7 +191,7 @@ describe("etcd.mirror", function()
 
   it("after a compaction reloads and delivers only the differences, never a half-loaded copy", function()
     for i = 1, 300 do assert(cli:put(("cp/k%03d"):format(i), "0")) end
-    local m <close> = assert(etcd.mirror(cli, "cp/", { page_size = 20 }))
+    local m = helpers.defer(assert(etcd.mirror(cli, "cp/", { page_size = 20 })))
     local replica = copy(m)
     local it = m:changes(0)
     -- nobody reads the mirror while 1,100 puts arrive: the engine's queue
@@ -274,8 +274,8 @@ describe("etcd.mirror", function()
   it("mirrors every key of a namespaced client with the prefix \"\", keys without the namespace", function()
     for i = 1, 15 do assert(cli:put(("allns/k%02d"):format(i), "v" .. i)) end
     assert(cli:put("allnt", "just past the namespace"))
-    local ns <close> = assert(etcd.new { endpoints = srv.endpoints, namespace = "allns/" })
-    local m <close> = assert(etcd.mirror(ns, "", { page_size = 4 }))
+    local ns = helpers.defer(assert(etcd.new { endpoints = srv.endpoints, namespace = "allns/" }))
+    local m = helpers.defer(assert(etcd.mirror(ns, "", { page_size = 4 })))
     assert.equal(15, m:count())
     assert.equal("v3", (m:get("k03")))
     local p = assert(ns:put("k99", "new"))
@@ -292,7 +292,7 @@ describe("etcd.mirror", function()
     local runner = etcd.spawn(function()
       local r = { m:run() }
       took = helpers.now() - t0
-      return table.unpack(r)
+      return helpers.unpack(r)
     end)
     etcd.spawn(function()
       etcd.sleep(0.2)
@@ -334,10 +334,10 @@ describe("etcd.mirror", function()
     -- the specs' etcd sends a progress notification every second
     -- (--experimental-watch-progress-notify-interval=1s)
     local errs = {}
-    local m <close> = assert(etcd.mirror(cli, "pn/", {
+    local m = helpers.defer(assert(etcd.mirror(cli, "pn/", {
       decode = function(v) return assert(tonumber(v), "NaN") end,
       on_error = function(msg, code) errs[#errs + 1] = { msg, code } end,
-    }))
+    })))
     local o = assert(cli:put("elsewhere/pn", "x")).header.revision
     assert.is_true(o > m:revision())
     assert.is_true(helpers.eventually(5, function()
@@ -362,7 +362,7 @@ describe("etcd.mirror", function()
       "etcd.mirror: option 'page_size' must be at least 1")
     assert.has_error(function() etcd.mirror(cli, "x/", { on_change = "f" }) end)
     assert.has_error(function() etcd.mirror(cli, "x/", { keys_only = true, decode = tostring }) end)
-    local m <close> = assert(etcd.mirror(cli, "x/"))
+    local m = helpers.defer(assert(etcd.mirror(cli, "x/")))
     assert.has_error(function() m.get("x/a") end)
     assert.has_error(function() m:get(1) end)
     assert.has_error(function() m:wait("x") end)
@@ -386,9 +386,9 @@ describe("etcd.mirror and a store whose revision goes backwards", function()
   teardown(function() if srv then srv:stop() end end)
 
   it("reloads when etcd is restored from a snapshot, and when a new cluster answers on the same endpoints", function()
-    local cli <close> = assert(etcd.new { endpoints = srv.endpoints, timeout = 3 })
+    local cli = helpers.defer(assert(etcd.new { endpoints = srv.endpoints, timeout = 3 }))
     for i = 1, 20 do assert(cli:put(("rs/k%02d"):format(i), "old")) end
-    local m <close> = assert(etcd.mirror(cli, "rs/", { progress_interval = 1 }))
+    local m = helpers.defer(assert(etcd.mirror(cli, "rs/", { progress_interval = 1 })))
     local path = helpers.tmpdir() .. "/s.db"
     local snap = assert(cli:snapshot(path))
     -- after the snapshot: a new key, a changed one, a deleted one
@@ -401,7 +401,7 @@ describe("etcd.mirror and a store whose revision goes backwards", function()
     assert.equal("after", replica["rs/new"])
 
     srv:stop { keep_data = true }
-    assert(os.execute("rm -rf '" .. srv.data_dir .. "'"))
+    assert(helpers.execute("rm -rf '" .. srv.data_dir .. "'"))
     local ok, out, err = helpers.etcdctl(srv, "snapshot", "restore", path, "--data-dir", srv.data_dir,
       "--name", srv.name, "--initial-cluster", srv.initial_cluster,
       "--initial-cluster-token", srv.token, "--initial-advertise-peer-urls", srv.peer_url)
@@ -428,7 +428,7 @@ describe("etcd.mirror and a store whose revision goes backwards", function()
 
     -- a new, empty cluster behind the same endpoint
     srv:stop { keep_data = true }
-    assert(os.execute("rm -rf '" .. srv.data_dir .. "'"))
+    assert(helpers.execute("rm -rf '" .. srv.data_dir .. "'"))
     srv:_spawn("new")
     srv:wait_healthy()
     assert(cli:put("rs/fresh", "1"))

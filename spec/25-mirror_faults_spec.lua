@@ -20,10 +20,10 @@ describe("etcd.mirror on three members", function()
     -- for an election)
     local li = cl:wait_leader(10)
     local f = li % 3 + 1
-    local cli <close> = cl:client_on(f, { timeout = 2 })
-    local writer <close> = cl:client_on(li)
+    local cli = helpers.defer(cl:client_on(f, { timeout = 2 }))
+    local writer = helpers.defer(cl:client_on(li))
     for i = 1, 50 do assert(writer:put(("hs/k%02d"):format(i), "before")) end
-    local m <close> = assert(etcd.mirror(cli, "hs/"))
+    local m = helpers.defer(assert(etcd.mirror(cli, "hs/")))
     assert.equal(50, m:count())
     cl.members[f]:pause()
     local ok, err = pcall(function()
@@ -43,10 +43,10 @@ describe("etcd.mirror on three members", function()
   end)
 
   it("leader kill, member restart, full outage: the copy ends equal, each change delivered once, in order #novalgrind", function()
-    local cli <close> = assert(etcd.new { endpoints = cl.endpoints, timeout = 2 })
-    local wcli <close> = assert(etcd.new { endpoints = cl.endpoints, timeout = 1 })
+    local cli = helpers.defer(assert(etcd.new { endpoints = cl.endpoints, timeout = 2 }))
+    local wcli = helpers.defer(assert(etcd.new { endpoints = cl.endpoints, timeout = 1 }))
     for i = 1, 100 do assert(wcli:put(("fo/k%03d"):format(i), "0")) end
-    local m <close> = assert(etcd.mirror(cli, "fo/"))
+    local m = helpers.defer(assert(etcd.mirror(cli, "fo/")))
     local replica = copy(m)
     local batches = {}
     local stop = false

@@ -7,13 +7,16 @@
 local helpers = require "helpers"
 
 local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok = p:close()
+  local out, ok = helpers.popen(cmd .. " 2>&1").finish()
   return ok, out
 end
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- The Lua these specs run on: its ABI directory (share/lua/5.4, ...), and
+-- the Makefile's LUA= for it (lua5.4 is the default).
+local ABI = helpers.lua_abi
+local LUA_ARG = helpers.lua ~= "lua5.4" and " LUA=" .. q(helpers.lua) or ""
 
 local function listing(dir, pattern)
   local _, out = sh(("cd %s && ls -1 %s 2>/dev/null"):format(q(dir), pattern))
@@ -23,11 +26,18 @@ local function listing(dir, pattern)
   return t
 end
 
--- A script run by a lua5.4 that sees only `path` and `cpath`.
+-- A script run by a Lua (lua5.4, ...: helpers.lua) that sees only `path` and `cpath`.
 local SMOKE = [[
 local etcd = require "etcd"
-local core_at = package.searchpath("etcd.core", package.cpath)
-local lua_at = package.searchpath("etcd", package.path)
+local searchpath = package.searchpath or function(name, path) -- Lua 5.1 has none
+  for f in path:gmatch("[^;]+") do
+    f = f:gsub("%?", (name:gsub("%.", "/")))
+    local h = io.open(f)
+    if h then h:close() return f end
+  end
+end
+local core_at = searchpath("etcd.core", package.cpath)
+local lua_at = searchpath("etcd", package.path)
 local cli = assert(etcd.new { endpoints = { arg[1] } })
 assert(cli:put("pkg/k", "installed"))
 local m = assert(etcd.mirror(cli, "pkg/"))
@@ -49,17 +59,18 @@ describe("installing the module #build", function()
   teardown(function() if srv then srv:stop() end end)
 
   local function smoke(path, cpath)
-    return sh(("cd %s && env LUA_PATH=%s LUA_CPATH=%s lua5.4 smoke.lua %s"):format(q(dir), q(path), q(cpath),
-      srv.endpoint))
+    return sh(("cd %s && env LUA_PATH=%s LUA_CPATH=%s %s smoke.lua %s"):format(q(dir), q(path), q(cpath),
+      helpers.lua, srv.endpoint))
   end
 
   local lua_files = listing("lua/etcd", "*.lua")
 
   it("make install puts every Lua file and the C module where Lua looks (PREFIX, DESTDIR)", function()
     local dest = dir .. "/dest"
-    local ok, out = sh(("make -s -j2 install BUILD=%s DESTDIR=%s PREFIX=/opt/le"):format(q(dir .. "/build"), q(dest)))
+    local ok, out = sh(("make -s -j2 install BUILD=%s DESTDIR=%s PREFIX=/opt/le%s"):format(q(dir .. "/build"), q(dest),
+      LUA_ARG))
     assert.is_true(ok, out)
-    local share, lib = dest .. "/opt/le/share/lua/5.4", dest .. "/opt/le/lib/lua/5.4"
+    local share, lib = dest .. "/opt/le/share/lua/" .. ABI, dest .. "/opt/le/lib/lua/" .. ABI
     assert.same(lua_files, listing(share .. "/etcd", "*.lua"))
     assert.same({ "core.so" }, listing(lib .. "/etcd", "*"))
     local ok2, out2 = smoke(share .. "/?.lua;" .. share .. "/?/init.lua", lib .. "/?.so")
@@ -71,19 +82,19 @@ describe("installing the module #build", function()
   it("luarocks make of the rockspec installs a rock that works from its tree", function()
     -- from a copy of the sources, so that nothing is built in this checkout
     local src, tree = dir .. "/src", dir .. "/tree"
-    assert(os.execute(("mkdir -p %s && cp -r Makefile LICENSE src lua proto rockspec %s/"):format(q(src), q(src))))
-    local ok, out = sh(("cd %s && luarocks --lua-version=5.4 make rockspec/etcd-scm-1.rockspec --tree %s"):format(
-      q(src), q(tree)))
+    assert(helpers.execute(("mkdir -p %s && cp -r Makefile LICENSE src lua proto rockspec %s/"):format(q(src), q(src))))
+    local ok, out = sh(("cd %s && luarocks --lua-version=%s make rockspec/etcd-scm-1.rockspec --tree %s"):format(
+      q(src), ABI, q(tree)))
     assert.is_true(ok, out)
     assert.matches("etcd scm%-1 is now installed", out)
-    local share, lib = tree .. "/share/lua/5.4", tree .. "/lib/lua/5.4"
+    local share, lib = tree .. "/share/lua/" .. ABI, tree .. "/lib/lua/" .. ABI
     assert.same(lua_files, listing(share .. "/etcd", "*.lua"))
     assert.same({ "core.so" }, listing(lib .. "/etcd", "*"))
     local ok2, out2 = smoke(share .. "/?.lua;" .. share .. "/?/init.lua", lib .. "/?.so")
     assert.is_true(ok2, out2)
     assert.matches("SMOKE\tinstalled\t" .. share:gsub("%p", "%%%0") .. "/etcd/init.lua", out2)
     -- luarocks knows it
-    local ok3, out3 = sh(("luarocks --lua-version=5.4 list --tree %s"):format(q(tree)))
+    local ok3, out3 = sh(("luarocks --lua-version=%s list --tree %s"):format(ABI, q(tree)))
     assert.is_true(ok3, out3)
     assert.matches("etcd%s+scm%-1", out3)
   end)

@@ -1,6 +1,8 @@
 -- spec/helpers.lua: run REAL etcd servers for the specs (never mocks).
 --
--- Plain Lua 5.4 only (io.popen, os.execute, /proc): no luasocket, no luaposix.
+-- Plain Lua only (io.popen, os.execute, /proc): no luasocket, no luaposix.
+-- Runs on Lua 5.4, 5.3, 5.1 and LuaJIT 2.1, as the specs do (see "Lua
+-- versions" below for what they use instead of 5.3/5.4-only features).
 --
 --   local helpers = require "helpers"
 --   local srv
@@ -87,11 +89,25 @@
 --   helpers.eventually(limit, f[, step]) (poll f until true or limit seconds),
 --   helpers.read_file(path) -> bytes | nil, why; helpers.write_file(path, data),
 --   helpers.run_lua(script[, {env=, args=, seconds=}]) -> status, stdout,
---     stderr, seconds (a child lua5.4 with this process's module paths),
+--     stderr, seconds (a child helpers.lua with this process's module paths),
 --   helpers.pick_ports(n), helpers.proc_running(pid[, comm]), helpers.lua_pid
 --   helpers.under_asan, helpers.under_valgrind (booleans: this process runs
 --   with the ASan runtime preloaded / under valgrind), helpers.slowdown (1,
 --   3 under ASan, 20 under valgrind: scale bounds on elapsed time by it)
+-- Lua versions (the same spec sources run on 5.4, 5.3, 5.1 and LuaJIT 2.1):
+--   helpers.defer(obj) -> obj: `local x = helpers.defer(obj)` for `local x
+--     <close> = obj` in a test: obj is closed when the running test ends,
+--     passed or failed (details at its definition); helpers.close_now(obj)
+--     closes as the end of a <close> variable's block does;
+--     helpers.load54(src) compiles Lua 5.4 source (nil elsewhere: the specs
+--     about <close> itself are pending there); helpers.has_tbc
+--   helpers.lua_abi ("5.4", "5.3", "5.1"), helpers.lua (the interpreter for a
+--     child: lua5.4, lua5.3, lua5.1 or luajit; LUA_ETCD_SPEC_LUA overrides)
+--   helpers.pack / helpers.unpack (table.pack / table.unpack),
+--   helpers.is_integer(v) (math.type(v) == "integer"; before 5.3 a number
+--     without a fraction), helpers.execute(cmd) (os.execute with 5.2+'s
+--     results), helpers.popen(cmd).finish() -> output, ok, how, code (an
+--     io.popen read to the end, with the exit status even on 5.1)
 
 local M = {}
 
@@ -122,7 +138,7 @@ M.shell_quote = q
 local function read_file(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
@@ -137,11 +153,161 @@ end
 -- write_file(path, data[, mode]) raises when it cannot be written.
 M.read_file, M.write_file = read_file, write_file
 
+---------------------------------------------------------------------------
+-- Lua 5.1 / LuaJIT 2.1 / 5.3 / 5.4: the same specs run on each
+
+-- "5.4", "5.3" or "5.1" (LuaJIT: "5.1"); the interpreter a child Lua runs with
+-- (LUA_ETCD_SPEC_LUA overrides): lua5.4, lua5.3, lua5.1 or luajit.
+M.lua_abi = _VERSION:match("%d+%.%d+")
+M.lua = os.getenv("LUA_ETCD_SPEC_LUA") or (rawget(_G, "jit") and "luajit" or "lua" .. M.lua_abi)
+-- Does this Lua have to-be-closed variables (`local x <close> = ...`)?
+M.has_tbc = M.lua_abi >= "5.4"
+
+-- table.pack / table.unpack
+M.pack = table.pack or function(...) return { n = select("#", ...), ... } end
+M.unpack = table.unpack or rawget(_G, "unpack")
+
+-- Is v an integer: on 5.3+ of integer subtype (math.type), before 5.3 a
+-- finite number without a fractional part.
+function M.is_integer(v)
+  if math.type then return math.type(v) == "integer" end
+  return type(v) == "number" and v == math.floor(v) and v ~= math.huge and v ~= -math.huge
+end
+
+-- os.execute(cmd) with Lua 5.2+'s results everywhere: true or nil, then
+-- "exit" and the exit status, or "signal" and the signal number (Lua 5.1's
+-- os.execute returns the raw wait status).
+function M.execute(cmd)
+  local a, how, code = os.execute(cmd)
+  if type(a) ~= "number" then return a, how, code end
+  if a % 128 ~= 0 then return nil, "signal", a % 128 end
+  code = math.floor(a / 256) % 256
+  return code == 0 or nil, "exit", code
+end
+
+-- helpers.popen(cmd) -> h: cmd started by io.popen for reading; h.finish()
+-- reads all of its output, closes it and returns the output, then Lua 5.2+'s
+-- status triple (true or nil, "exit" or "signal", code). Lua 5.1's
+-- p:close() gives no exit status: there the command prints $? after its
+-- output, and finish() takes it off again.
+local RC_MARK = ":lua_etcd_spec_status:" -- no pattern magic
+function M.popen(cmd)
+  local old = M.lua_abi == "5.1"
+  if old then cmd = ("( %s\n); printf '\\n%s%%d\\n' $?"):format(cmd, RC_MARK) end
+  local p = assert(io.popen(cmd, "r"))
+  local h = {}
+  function h.finish()
+    local out = p:read("*a")
+    local ok, how, code = p:close()
+    if old then
+      local body, rc = out:match("^(.*)\n" .. RC_MARK .. "(%d+)\n$")
+      if body then
+        out, code = body, tonumber(rc)
+        ok, how = code == 0 or nil, "exit"
+      else
+        ok, how, code = nil, "exit", -1
+      end
+    end
+    return out, ok, how, code
+  end
+  return h
+end
+
+-- Close obj as a to-be-closed variable does: its __close metamethod (with no
+-- error), or else obj:close().
+local function close_obj(obj)
+  local mt = debug.getmetatable(obj)
+  local f = type(mt) == "table" and rawget(mt, "__close")
+  if f then return f(obj, nil) end
+  return obj:close()
+end
+
+-- helpers.load54(src[, name]) -> the function compiled from `src`, Lua 5.4
+-- source (to-be-closed variables: a spec about <close> itself), or nil on a
+-- Lua without them; keeps such a spec file loadable on every Lua.
+function M.load54(src, name)
+  if not M.has_tbc then return nil end
+  return assert(load(src, name or "=(Lua 5.4 source)", "t"))
+end
+
+-- helpers.close_now(obj): close obj now as the end of a <close> variable's
+-- block does (its __close, else obj:close()).
+M.close_now = close_obj
+
+-- helpers.defer(obj) -> obj: the portable `local x <close> = obj` of a busted
+-- test. obj (an object with a __close metamethod or a close method; nil and
+-- false are returned as they are, as <close> allows) is closed when the
+-- running test ends, passed or failed: after its body and before the
+-- after_each blocks, the objects deferred last first. Each close is called
+-- once; if one raises, the others are still closed and the test then fails
+-- with the first error. defer keeps no object alive: the list is weak, and an
+-- object collected before the test ends is not closed by it (the collector
+-- closed it). Where a spec depends on the close at the end of a block (do
+-- ... end, a loop, a function called by the test) it closes the object there
+-- itself (helpers.close_now), and defer only covers a failure before that
+-- point (closing twice is harmless: close is idempotent).
+-- Implementation: the test's finally() (busted keeps one per test: a spec
+-- that calls finally itself replaces it, and then the end-of-test event
+-- closes what is left).
+local deferred = setmetatable({}, { __mode = "v" })
+local ndeferred = 0
+local current_test, finally_set   -- the running test's busted element
+
+local function close_deferred()
+  local first_err
+  for i = ndeferred, 1, -1 do
+    local obj = deferred[i]
+    deferred[i] = nil
+    if obj ~= nil then
+      local ok, err = pcall(close_obj, obj)
+      if not ok and first_err == nil then first_err = err end
+    end
+  end
+  ndeferred = 0
+  if first_err ~= nil then error(first_err, 0) end
+end
+
+do
+  -- only under busted (the benches require this module too)
+  local busted = package.loaded.busted
+  local ok, subscribe = pcall(function() return busted.subscribe end)
+  if ok and subscribe then
+    -- mediator subscribers return nil, true: the next one runs too
+    subscribe({ "test", "start" }, function(element)
+      current_test, finally_set = element, false
+      return nil, true
+    end)
+    subscribe({ "test", "end" }, function()
+      current_test = nil
+      if ndeferred > 0 then close_deferred() end
+      return nil, true
+    end)
+  end
+end
+
+function M.defer(obj)
+  if obj == nil or obj == false then return obj end
+  local mt = debug.getmetatable(obj)
+  local closable = type(mt) == "table" and rawget(mt, "__close")
+  if not closable then
+    local ok, c = pcall(function() return obj.close end)
+    closable = ok and c
+  end
+  if not closable then error("helpers.defer: a value with neither __close nor close: " .. tostring(obj), 2) end
+  if not current_test then error("helpers.defer: not inside a running busted test", 2) end
+  ndeferred = ndeferred + 1
+  deferred[ndeferred] = obj
+  if not finally_set then
+    finally_set = true
+    local env = current_test.env
+    if env and env.finally then env.finally(close_deferred) end
+  end
+  return obj
+end
+
 -- Run a shell command, return ok, stdout.
 local function run(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  local ok = p:close()
+  local out, ok = M.popen(cmd).finish()
   return ok == true, out
 end
 
@@ -202,7 +368,7 @@ function M.mirror_values(m)
 end
 
 -- Children that exit on purpose run without LeakSanitizer under ASan. Every
--- child lua5.4 ends with gRPC's threads still at work (gRPC lives as long as
+-- child Lua ends with gRPC's threads still at work (gRPC lives as long as
 -- the process), and what such a thread holds at that moment is not always
 -- visible to LeakSanitizer: CI once reported OpenSSL objects of a failed TLS
 -- handshake as leaked in spec/12's child. gcc 12's exit-time leak tracer also
@@ -214,7 +380,7 @@ local CHILD_ASAN = M.under_asan
   or ""
 
 -- run_lua(script[, opts]) -> status, stdout, stderr, seconds
--- Run `script` in a child lua5.4 with this process's module paths (so under
+-- Run `script` in a child helpers.lua with this process's module paths (so under
 -- make asan it loads the ASan build), killed after opts.seconds (default 30,
 -- times helpers.slowdown). opts.env: "NAME=value ..." put before the
 -- command; opts.args: the script's arguments (...). status is the exit code,
@@ -225,11 +391,11 @@ function M.run_lua(script, opts)
   write_file(src, script)
   local args = {}
   for i, a in ipairs(opts.args or {}) do args[i] = q(a) end
-  local cmd = ("%s%s LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d lua5.4 %s %s >%s 2>%s"):format(
+  local cmd = ("%s%s LUA_PATH=%s LUA_CPATH=%s timeout -s KILL %d %s %s %s >%s 2>%s"):format(
     CHILD_ASAN, opts.env or "", q(package.path), q(package.cpath),
-    math.ceil((opts.seconds or 30) * M.slowdown), q(src), table.concat(args, " "), q(out), q(err))
+    math.ceil((opts.seconds or 30) * M.slowdown), M.lua, q(src), table.concat(args, " "), q(out), q(err))
   local t0 = now()
-  local _, how, code = os.execute(cmd)
+  local _, how, code = M.execute(cmd)
   local took = now() - t0
   local o, e = read_file(out), read_file(err)
   os.remove(src)
@@ -443,7 +609,7 @@ end
 
 -- helpers.etcdctl(target, [opts,] args...) -> ok, stdout, stderr
 function M.etcdctl(target, ...)
-  local args = table.pack(...)
+  local args = M.pack(...)
   local opts, first = {}, 1
   if type(args[1]) == "table" then opts, first = args[1], 2 end
   local eps = endpoints_of(target)
@@ -519,7 +685,7 @@ end
 
 local LEAF = { "basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment" }
 local function ext(...)
-  local t = { table.unpack(LEAF) }
+  local t = { M.unpack(LEAF) }
   for _, x in ipairs({ ... }) do t[#t + 1] = x end
   return t
 end
@@ -864,10 +1030,12 @@ Cluster.__index = Cluster
 function M.etcd_fixture(set, opts)
   opts = opts or {}
   -- busted gives each spec file its own environment (setup, teardown, it):
-  -- take them from the calling describe block's _ENV
+  -- take them from the calling describe block's _ENV (Lua 5.1: its fenv)
   local env = _G
   local caller = debug.getinfo(2, "f").func
-  for i = 1, 255 do
+  local getfenv = rawget(_G, "getfenv")
+  if getfenv then env = getfenv(caller) end
+  for i = 1, getfenv and 0 or 255 do
     local name, v = debug.getupvalue(caller, i)
     if not name then break end
     if name == "_ENV" then env = v break end
@@ -1049,6 +1217,14 @@ end
 
 -- Best effort when the Lua state closes normally (busted exits via
 -- os.exit(code, true)), or when busted's file insulation drops this module.
-M._sentinel = setmetatable({}, { __gc = function() pcall(M.stop_all) end })
+-- (Lua 5.1 runs __gc for userdata only: a newproxy there.)
+local function sentinel(gc)
+  local newproxy = rawget(_G, "newproxy")
+  if not newproxy then return setmetatable({}, { __gc = gc }) end
+  local u = newproxy(true)
+  getmetatable(u).__gc = gc
+  return u
+end
+M._sentinel = sentinel(function() pcall(M.stop_all) end)
 
 return M
