@@ -177,7 +177,8 @@ describe("keepalive", function()
   end)
 
   it("misuse raises", function()
-    assert.has_error(function() cli:keepalive("1") end, "keepalive: bad argument #1 (id): integer expected, got string")
+    assert.has_error(function() cli:keepalive("1x") end,
+      "keepalive: bad argument #1 (id): id (an integer, or a decimal or 0x string) expected, got string")
     assert.has_error(function() cli:keepalive(1, { lease = 1 }) end, "keepalive: unknown option 'lease'")
     assert.has_error(function() cli:keepalive(1, { ttl = -1 }) end)
   end)

@@ -169,8 +169,8 @@ describe("cluster and maintenance", function()
       'status: bad argument #1 (endpoint): "127.0.0.1:1" is not one of the client\'s endpoints')
     assert.has_error(function() cli:member_add("http://x:1") end,
       "member_add: bad argument #1 (peer_urls): list of URLs expected")
-    assert.has_error(function() cli:member_remove("1") end,
-      "member_remove: bad argument #1 (id): integer expected, got string")
+    assert.has_error(function() cli:member_remove("1x") end,
+      "member_remove: bad argument #1 (id): id (an integer, or a decimal or 0x string) expected, got string")
     assert.has_error(function() cli:member_list { all = true } end, "member_list: unknown option 'all'")
     assert.has_error(function() cli:alarm_disarm { member_id = 1, alarm = "fire" } end,
       [[alarm_disarm: alarm.alarm: expected one of "corrupt", "none", "nospace", got "fire"]])

@@ -68,6 +68,13 @@ local BAD_INTS = {
   { 1.5, "float" }, { NAN, "float" }, { INF, "float" }, { -INF, "float" }, { 2 ^ 63, "float" },
   { -2 ^ 64, "float" }, { "5", "string" }, { nil, "nil" }, { true, "boolean" }, { {}, "table" },
 }
+-- Ids that are none: neither an integer nor a decimal or "0x" string in range.
+local BAD_IDS = {
+  { 1.5, "float" }, { NAN, "float" }, { INF, "float" }, { -INF, "float" }, { 2 ^ 64, "float" },
+  { "5x", "string" }, { "", "string" }, { "0x", "string" }, { " 5", "string" }, { "1.5", "string" },
+  { "18446744073709551616", "string" }, { nil, "nil" }, { true, "boolean" }, { {}, "table" },
+}
+local ID_EXPECTED = "id %(an integer, or a decimal or 0x string%) expected"
 -- Seconds that are not a non-negative number.
 local BAD_SECONDS = {
   { -1, "%-1" }, { -0.5, "%-0%.5" }, { NAN, "%-?nan" }, { -INF, "%-inf" }, { "1", "string" }, { true, "boolean" },
@@ -111,33 +118,33 @@ local METHODS = {
   get_value = { args = { "hostile/k" }, str = { 1 }, opts = 2,
                 options = with { revision = "int", serializable = "boolean" } },
   put = { args = { "hostile/k", "v" }, str = { 1, 2 }, opts = 3,
-          options = with { lease = "int", prev_kv = "boolean", ignore_value = "boolean", ignore_lease = "boolean" } },
+          options = with { lease = "id", prev_kv = "boolean", ignore_value = "boolean", ignore_lease = "boolean" } },
   delete = { args = { "hostile/none" }, str = { 1 }, opts = 2, options = with { prev_kv = "boolean",
              prefix = "boolean", range_end = "string", from_key = "boolean" } },
   compact = { args = { 1 }, int = { 1 }, opts = 2, options = with { physical = "boolean" } },
   txn = { args = { {} }, opts = 2, options = TIMEOUT },
   exec = { args = { "OP" }, opts = 2, options = TIMEOUT },
   batch = { args = { "OPS" }, opts = 2, options = with { atomic = "boolean" } },
-  grant = { args = { 60 }, int = { 1 }, opts = 2, options = with { id = "int" } },
-  revoke = { args = { 1 }, int = { 1 }, opts = 2, options = TIMEOUT },
-  time_to_live = { args = { 1 }, int = { 1 }, opts = 2, options = with { keys = "boolean" } },
+  grant = { args = { 60 }, int = { 1 }, opts = 2, options = with { id = "id" } },
+  revoke = { args = { 1 }, id = { 1 }, opts = 2, options = TIMEOUT },
+  time_to_live = { args = { 1 }, id = { 1 }, opts = 2, options = with { keys = "boolean" } },
   leases = { args = {}, opts = 1, options = TIMEOUT },
-  keepalive = { args = { 1 }, int = { 1 }, opts = 2, options = TIMEOUT },
-  keepalive_once = { args = { 1 }, int = { 1 }, opts = 2, options = TIMEOUT },
+  keepalive = { args = { 1 }, id = { 1 }, opts = 2, options = TIMEOUT },
+  keepalive_once = { args = { 1 }, id = { 1 }, opts = 2, options = TIMEOUT },
   watch = { args = { "hostile/w" }, str = { 1 }, opts = 2, options = with {
     prefix = "boolean", range_end = "string", from_key = "boolean", start_revision = "int", prev_kv = "boolean",
     progress_notify = "boolean", fragment = "boolean" } },
   member_list = { args = {}, opts = 1, options = TIMEOUT },
   member_add = { args = { { "http://127.0.0.1:1" } }, opts = 2, options = with { is_learner = "boolean" } },
-  member_remove = { args = { 1 }, int = { 1 }, opts = 2, options = TIMEOUT },
-  member_update = { args = { 1, { "http://127.0.0.1:1" } }, int = { 1 }, opts = 3, options = TIMEOUT },
-  member_promote = { args = { 1 }, int = { 1 }, opts = 2, options = TIMEOUT },
+  member_remove = { args = { 1 }, id = { 1 }, opts = 2, options = TIMEOUT },
+  member_update = { args = { 1, { "http://127.0.0.1:1" } }, id = { 1 }, opts = 3, options = TIMEOUT },
+  member_promote = { args = { 1 }, id = { 1 }, opts = 2, options = TIMEOUT },
   status = { args = { ENDPOINT }, str = { 1 }, opts = 2, options = TIMEOUT },
   alarm_list = { args = {}, opts = 1, options = TIMEOUT },
   alarm_disarm = { args = { { member_id = 1, alarm = "nospace" } }, opts = 2, options = TIMEOUT },
   defragment = { args = { ENDPOINT }, str = { 1 }, opts = 2, options = TIMEOUT },
   hash_kv = { args = { ENDPOINT, 0 }, str = { 1 }, int = { 2 }, opts = 3, options = TIMEOUT },
-  move_leader = { args = { 1 }, int = { 1 }, opts = 2, options = TIMEOUT },
+  move_leader = { args = { 1 }, id = { 1 }, opts = 2, options = TIMEOUT },
   snapshot = { args = { "/nonexistent/hostile.db" }, text = { 1 }, opts = 2, options = with { endpoint = "string" } },
   sync = { args = {}, opts = 1, options = TIMEOUT },
   endpoint_status = { args = {}, opts = 1, options = TIMEOUT },
@@ -252,6 +259,12 @@ describe("hostile input", function()
             assert_raises(name, ("bad argument #%d %%(.-%%): integer expected, got %s"):format(at, v[2]), f, a)
           end
         end
+        for _, at in ipairs(m.id or {}) do
+          for _, v in ipairs(BAD_IDS) do
+            local f, a = method(name, args_of(m, at, v[1]))
+            assert_raises(name, ("bad argument #%d %%(.-%%): %s, got %s"):format(at, ID_EXPECTED, v[2]), f, a)
+          end
+        end
       end
       still_usable()
     end)
@@ -276,6 +289,8 @@ describe("hostile input", function()
         int = { { 1.5, "integer expected, got float" }, { NAN, "integer expected, got float" },
                 { INF, "integer expected, got float" }, { 2 ^ 63, "integer expected, got float" },
                 { "1", "integer expected, got string" } },
+        id = { { 1.5, ID_EXPECTED .. ", got float" }, { NAN, ID_EXPECTED .. ", got float" },
+               { "1.5", ID_EXPECTED .. ", got string" }, { true, ID_EXPECTED .. ", got boolean" } },
         count = { { -1, "non%-negative integer expected, got %-1" }, { 1.5, "non%-negative integer expected, got 1%.5" },
                   { MINI, "non%-negative integer expected" }, { "5", "non%-negative integer expected, got string" },
                   { INF, "non%-negative integer expected, got inf" } },
@@ -450,7 +465,7 @@ describe("hostile input", function()
         pack(cli, srv.endpoint .. "\0"))
       -- disarming an alarm that is not raised is no error
       assert(cli:alarm_disarm { member_id = MAXI, alarm = "NOSPACE" })
-      assert_raises("alarm_disarm", "alarm%.member_id: integer expected, got float", etcd.Client.alarm_disarm,
+      assert_raises("alarm_disarm", "alarm%.member_id: " .. ID_EXPECTED .. ", got float", etcd.Client.alarm_disarm,
         pack(cli, { member_id = 1.5, alarm = "nospace" }))
       assert_raises("alarm_disarm", 'alarm%.alarm: expected one of .*, got "fire"', etcd.Client.alarm_disarm,
         pack(cli, { member_id = 1, alarm = "fire" }))
@@ -822,7 +837,9 @@ describe("hostile input", function()
       new_raises("option 'endpoints' lists more than 64 endpoints", { endpoints = many })
       for _, bad in ipairs { "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:99999999999999999999",
                              "a\0b:1", "127.0.0.1:1\0", "a b:1", "[::1]", ":1", "http://", "" } do
-        new_raises('endpoints%[1%]: "host:port" expected, got ' .. esc(("%q"):format(bad)), { endpoints = { bad } })
+        local nul = bad:find("\0", 1, true) and " without NUL bytes" or ""
+        new_raises('endpoints%[1%]: "host:port"' .. nul .. ' expected, got ' .. esc(("%q"):format(bad)),
+          { endpoints = { bad } })
       end
       new_raises('endpoints%[1%]: unsupported scheme in "unix:///tmp/x"', { endpoints = { "unix:///tmp/x" } })
       new_raises("endpoints%[2%]: string expected, got number", { endpoints = { ep, 2379 } })
