@@ -18,7 +18,7 @@ describe("cluster and maintenance", function()
     assert.equal(3, #res.members)
     local names, clients = {}, {}
     for _, m in ipairs(res.members) do
-      assert.is_true(helpers.is_integer(m.id) and m.id ~= 0)
+      assert.is_true(helpers.is_id(m.id) and m.id ~= etcd.id(0))
       assert.is_false(m.is_learner)
       names[m.name] = true
       clients[m.client_urls[1]] = true
@@ -31,7 +31,7 @@ describe("cluster and maintenance", function()
     -- etcdctl sees the same members, in its hex form of the ids
     local ok, out = helpers.etcdctl(cluster, "member", "list")
     assert.is_true(ok)
-    for _, m in ipairs(res.members) do assert.matches(("%x"):format(m.id), out, 1, true) end
+    for _, m in ipairs(res.members) do assert.matches(etcd.id_hex(m.id, true), out, 1, true) end
   end)
 
   it("member_add as a learner, member_update, member_remove", function()

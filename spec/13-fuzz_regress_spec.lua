@@ -10,7 +10,18 @@
 -- <Message>-<what>.<outcome>, outcome being ok (a table), deep (the depth
 -- limit's error) or malformed.
 local core = require "etcd.core"
+local etcd = require "etcd"
 local helpers = require "helpers"
+
+if not math.type then
+  -- fuzz/make-seeds.lua builds the inputs with 64-bit integer arithmetic
+  -- (varints of negative numbers, FNV-1a): Lua 5.3+ only. The decoder is the
+  -- same C on every Lua; the other specs decode real answers there.
+  describe("decode fuzzer inputs replayed through etcd.core", function()
+    pending("needs Lua 5.3+ (fuzz/make-seeds.lua); run under lua5.4 or lua5.3")
+  end)
+  return
+end
 
 local LIMIT = 64 -- PBCONV_MAX_DEPTH
 local DEEP_MSG = "response from etcd nested deeper than 64 levels"
@@ -213,8 +224,8 @@ describe("decode fuzzer inputs replayed through etcd.core", function()
     assert.equal(3, #r.kvs)
     assert.equal("/app/\0bin\255", r.kvs[3].key)
     assert.equal("\1\2\0\3", r.kvs[3].value)
-    assert.equal(0x694d8a1b2c3d4e5f, r.kvs[2].lease)
-    assert.equal(-5543200311400211183, r.header.cluster_id)
+    assert.equal(etcd.id("0x694d8a1b2c3d4e5f"), r.kvs[2].lease)
+    assert.equal("b31298af9827dd11", etcd.id_hex(r.header.cluster_id, true))
     local w = assert(core._unpack("WatchResponse", seed("WatchResponse-events.ok").payload))
     assert.same({ "PUT", "DELETE", "PUT" }, { w.events[1].type, w.events[2].type, w.events[3].type })
     assert.equal("off", w.events[1].prev_kv.value)
@@ -222,9 +233,10 @@ describe("decode fuzzer inputs replayed through etcd.core", function()
     local u = assert(core._unpack("WatchResponse", seed("WatchResponse-unknown-event-type.ok").payload))
     assert.equal(9, u.events[1].type) -- an enum value this client does not know: its number
     local p = assert(core._unpack("PutResponse", seed("PutResponse-prev-kv-twice.ok").payload))
-    assert.same({ key = "/k", value = "v", create_revision = 0, mod_revision = 6, version = 0, lease = 0 }, p.prev_kv)
+    assert.same({ key = "/k", value = "v", create_revision = 0, mod_revision = 6, version = 0, lease = etcd.id(0) },
+      p.prev_kv)
     local t = assert(core._unpack("TxnResponse", seed("TxnResponse-oneof-twice.ok").payload))
-    assert.same({ response_put = { header = { cluster_id = 0, member_id = 0, revision = 4, raft_term = 0 } } },
+    assert.same({ response_put = { header = { cluster_id = etcd.id(0), member_id = etcd.id(0), revision = 4, raft_term = 0 } } },
       t.responses[1])
     assert.is_nil(t.responses[2].response_txn)
     assert.equal(0, t.responses[2].response_range.count)

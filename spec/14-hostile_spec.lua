@@ -427,7 +427,7 @@ describe("hostile input", function()
       assert_fails("OUT_OF_RANGE", "too large lease TTL", cli:grant(MAXI))
       -- a negative id is an id like another to etcd (int64)
       g = assert(cli:grant(60, { id = -7 }))
-      assert.equal(-7, g.id)
+      assert.equal(etcd.id(-7), g.id)
       assert.equal(-7, assert(cli:time_to_live(-7)).id)
       assert(cli:revoke(-7))
       for _, id in ipairs { 0, -7, MAXI, MINI } do

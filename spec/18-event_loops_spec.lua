@@ -38,7 +38,7 @@ describe("cqueues", function()
     assert.is_true(cq:empty())
     w:close()
     assert.same({ "1", "2", "3", "4", "5" }, got)
-    assert.is_number(lease.id)
+    assert.is_true(helpers.is_id(lease.id))
   end)
 
   it("the loop keeps ticking while a call is in flight", function()

@@ -307,7 +307,7 @@ describe("recipes", function()
       assert.same({ nil, "etcd: key already exists", "exists" }, { other:hold() })
       local kv = assert(cli:get("bhold")).kvs[1]
       assert.equal("", kv.value)
-      assert.equal(0, kv.lease)
+      assert.equal(etcd.id(0), kv.lease)
       assert.is_true(b:release())
       assert.equal(0, count(cli, "bhold"))
       assert.is_true(other:hold())

@@ -169,6 +169,12 @@ M.unpack = table.unpack or rawget(_G, "unpack")
 
 -- Is v an integer: on 5.3+ of integer subtype (math.type), before 5.3 a
 -- finite number without a fractional part.
+-- helpers.is_id(v): v is an id as this Lua represents ids (etcd.id): an
+-- integer on 5.3+, a decimal string on 5.1/LuaJIT.
+function M.is_id(v)
+  return v ~= nil and require("etcd.core").id(v) == v
+end
+
 function M.is_integer(v)
   if math.type then return math.type(v) == "integer" end
   return type(v) == "number" and v == math.floor(v) and v ~= math.huge and v ~= -math.huge
