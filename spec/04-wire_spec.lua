@@ -48,10 +48,11 @@ describe("decoding responses", function()
   it("maps etcd's field names to snake_case", function()
     local r = assert(core._unpack("LeaseTimeToLiveResponse",
       core._pack("LeaseTimeToLiveResponse", { ID = 5, TTL = 3, grantedTTL = 10, keys = { "k" } })))
-    assert.same({ id = 5, ttl = 3, granted_ttl = 10, keys = { "k" } }, r)
+    assert.same({ id = etcd.id(5), ttl = 3, granted_ttl = 10, keys = { "k" } }, r)
     local m = assert(core._unpack("MemberListResponse",
       core._pack("MemberListResponse", { members = { { ID = 1, name = "n", peerURLs = { "http://x" }, isLearner = true } } })))
-    assert.same({ id = 1, name = "n", peer_urls = { "http://x" }, client_urls = {}, is_learner = true }, m.members[1])
+    assert.same({ id = etcd.id(1), name = "n", peer_urls = { "http://x" }, client_urls = {}, is_learner = true },
+      m.members[1])
   end)
 
   it("gives enum values by name", function()
@@ -158,7 +159,7 @@ describe("encoding requests", function()
       -- and what comes back has the snake_case names
       assert.same(core._unpack(c[1], core._pack(c[1], c[2])), core._unpack(c[1], core._pack(c[1], c[3])))
     end
-    assert.same({ ttl = 5, id = 7 }, core._unpack("LeaseGrantRequest", core._pack("LeaseGrantRequest", { ttl = 5, id = 7 })))
+    assert.same({ ttl = 5, id = etcd.id(7) }, core._unpack("LeaseGrantRequest", core._pack("LeaseGrantRequest", { ttl = 5, id = 7 })))
   end)
 
   it("refuses a field given under both of its names", function()

@@ -22,19 +22,19 @@ if M.INT64 then
   M.tointeger = math.tointeger
   M.maxinteger = math.maxinteger
 else
-  local floor, huge = math.floor, math.huge
-  --- math.type where there are only doubles: an integral value is an
-  -- "integer".
+  local floor, LIMIT = math.floor, 2 ^ 53
+  --- math.type where there are only doubles: an integral value a double
+  -- holds exactly (|v| <= 2^53) is an "integer"; any other number a "float".
   function M.type(v)
     if type(v) ~= "number" then return nil end
-    if v == floor(v) and v ~= huge and v ~= -huge then return "integer" end
+    if v == floor(v) and v <= LIMIT and v >= -LIMIT then return "integer" end
     return "float"
   end
   function M.tointeger(v)
-    if type(v) == "number" and v == floor(v) and v ~= huge and v ~= -huge then return v end
+    if type(v) == "number" and v == floor(v) and v <= LIMIT and v >= -LIMIT then return v end
     return nil
   end
-  M.maxinteger = 2 ^ 53
+  M.maxinteger = LIMIT
 end
 
 local running, isyieldable = coroutine.running, coroutine.isyieldable
