@@ -7,3 +7,5 @@ files["spec/"] = { std = "+busted", max_line_length = false }
 files["examples/"] = { globals = { "ETCD_ENDPOINTS", "arg" } }
 -- the Lua side of the nginx example runs in nginx's lua module (LuaJIT)
 files["examples/openresty/"] = { std = "luajit+ngx_lua" }
+-- a busted spec of the kind users write (README "Testing your code against etcd")
+files["examples/busted/"] = { std = "+busted" }
