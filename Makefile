@@ -152,6 +152,13 @@ luajit-build:
 spec: all $(TESTSUPPORT) luajit-build
 	$(LUA_ENV) $(BUSTED) $(BUSTED_ARGS)
 
+# The suite under LuaJIT (as .ci/run's luajit step runs it): spec/27 runs the
+# LuaJIT build under nginx in every suite, so it is left to the default one.
+.PHONY: test-luajit
+test-luajit:
+	$(MAKE) LUA=luajit deps
+	$(MAKE) LUA=luajit all spec BUSTED_ARGS='--exclude-tags=nginx $(BUSTED_ARGS)'
+
 # The suite under every Lua, one after the other (make test-all LUA_ALL=...
 # for some): each installs its Lua, builds into build/<lua>/ and runs it.
 LUA_ALL ?= $(LUA_KNOWN)

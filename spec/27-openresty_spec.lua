@@ -1,7 +1,8 @@
 -- lua-etcd inside a real nginx (Debian's nginx + libnginx-mod-http-lua, on
 -- LuaJIT; README "Using with OpenResty"): examples/openresty/nginx.conf as
--- shipped, on a free loopback port, against a throw-away etcd. Worker 0's
--- timer mirrors a prefix into a lua_shared_dict that a location serves;
+-- shipped, on a free loopback port, against a throw-away etcd. One elected
+-- worker mirrors a prefix into a lua_shared_dict that a location serves
+-- (etcd.ngx.shared_mirror), and another takes over when it dies;
 -- request handlers write and long-poll through their worker's client while
 -- dozens of others wait; a client cannot be made in the master;
 -- `nginx -s reload` leaves no worker, thread or connection behind.
@@ -10,6 +11,7 @@
 -- ASan or valgrind (nothing of it runs in the busted process).
 local helpers = require "helpers"
 local etcd = require "etcd"
+local core = require "etcd.core"
 local ts = require "testsupport"
 
 local ROOT = assert(io.popen("pwd")):read("*l")
@@ -144,16 +146,25 @@ describe("OpenResty/nginx #nginx", function()
     if srv then srv:stop() end
   end)
 
-  it("worker 0 mirrors config/ into a shared dict, and nginx serves a change within a second", function()
+  it("one worker mirrors config/ into a shared dict, and nginx serves a change within a second", function()
     assert(cli:put("config/colour", "red"))
     ngx = start_nginx(srv.endpoints)
     assert.is_true(helpers.eventually(5, function() return select(2, http(ngx.port, "/config/colour")) == "red" end),
       ngx.log())
-    for _, v in ipairs { "green", "blue", "violet" } do
+    -- how long after etcd acknowledged a put nginx serves it (printed: the
+    -- README quotes it)
+    local took = {}
+    for i = 1, 20 do
+      local v = "colour" .. i
       assert(cli:put("config/colour", v))
-      local seen = helpers.eventually(1, function() return select(2, http(ngx.port, "/config/colour")) == v end, 0.01)
+      local t0 = core.now()
+      local seen = helpers.eventually(1, function() return select(2, http(ngx.port, "/config/colour")) == v end, 0.002)
       assert.is_true(seen, ("the change to %s not served within a second"):format(v))
+      took[i] = core.now() - t0
     end
+    table.sort(took)
+    print(("\n  nginx serves a change %.1f ms after etcd acknowledged it (median of 20; max %.1f ms)")
+      :format(took[10] * 1000, took[20] * 1000))
     assert(cli:delete("config/colour"))
     assert.is_true(helpers.eventually(1, function() return http(ngx.port, "/config/colour") == 404 end, 0.01))
     assert.not_matches("%[error%]", ngx.log())
@@ -198,6 +209,63 @@ describe("OpenResty/nginx #nginx", function()
     assert.not_matches("%[error%]", ngx.log())
   end)
 
+  it("when the holder's worker dies, another takes over from the stored revision: changes keep arriving", function()
+    if ngx then ngx.stop() end
+    assert(cli:put("config/k", "v0"))
+    ngx = start_nginx(srv.endpoints, { workers = 2 })
+    local function status()
+      local _, body = http(ngx.port, "/status")
+      local t = {}
+      for k, v in tostring(body):gmatch("(%a+) (%w+)") do t[k] = tonumber(v) or v end
+      return t
+    end
+    local function served(v, limit)
+      return helpers.eventually(limit or 5, function() return select(2, http(ngx.port, "/config/k")) == v end, 0.01)
+    end
+    assert.is_true(served("v0"), ngx.log())
+    local st = status()
+    assert.equal(1, st.loads)
+    assert.equal(1, st.takeovers)
+    for round = 1, 3 do
+      local holder = assert(tonumber(status().holder), "no holder")
+      -- the holder dies: nothing mirrors until another worker's lock attempt
+      -- finds the lock expired (lock_ttl, 5 s); meanwhile etcd changes
+      assert(helpers.execute("kill -KILL " .. holder))
+      assert.is_true(helpers.eventually(5, function() return not helpers.proc_running(holder) end))
+      for i = 1, 3 do assert(cli:put("config/k", ("r%d.%d"):format(round, i))) end
+      assert(cli:delete("config/gone"))
+      assert(cli:put("config/new" .. round, "yes"))
+      assert.is_true(served(("r%d.3"):format(round), 15), "no takeover:\n" .. ngx.log())
+      assert.equal("yes", select(2, http(ngx.port, "/config/new" .. round)))
+      st = status()
+      assert.are_not.equal(holder, st.holder)
+      assert.equal(1, st.loads) -- caught up from the stored revision, no reload
+      assert.equal(1 + round, st.takeovers)
+      assert.equal(assert(cli:get("config/k")).header.revision, st.revision)
+      -- and it goes on: a change is served within a second
+      assert(cli:put("config/k", "after" .. round))
+      assert.is_true(served("after" .. round, 1))
+    end
+    -- nginx -s reload: the old holder steps down, a new worker takes over at once
+    local holder = status().holder
+    assert(helpers.execute(("%s -p %s -c nginx.conf -s reload 2>/dev/null"):format(NGINX, ngx.dir)))
+    assert.is_true(helpers.eventually(15, function()
+      local h = status().holder
+      return h ~= nil and h ~= "none" and h ~= holder and not helpers.proc_running(holder)
+    end), ngx.log())
+    assert(cli:put("config/k", "reloaded"))
+    assert.is_true(served("reloaded", 1))
+    assert.equal(1, status().loads)
+    -- a compaction past the stored revision: the next holder loads again
+    holder = status().holder
+    assert(helpers.execute("kill -STOP " .. holder)) -- a hung holder: its lock runs out
+    for i = 1, 5 do assert(cli:put("config/k", "c" .. i)) end
+    assert(cli:compact(assert(cli:get("config/k")).header.revision))
+    os.execute("kill -KILL " .. holder)
+    assert.is_true(served("c5", 15), ngx.log())
+    assert.equal(2, status().loads)
+  end)
+
   it("a client cannot be made in init_by_lua (the master): a clear error, and the workers work", function()
     if ngx then ngx.stop() end
     ngx = start_nginx(srv.endpoints, {
@@ -222,7 +290,7 @@ describe("OpenResty/nginx #nginx", function()
     if ngx then ngx.stop() end
     ngx = start_nginx(srv.endpoints, { workers = 2 })
     local etcd_port = tonumber(srv.endpoint:match(":(%d+)$"))
-    -- each worker has made its client: worker 0's mirror, and a put's
+    -- each worker has made its client: the mirror's holder, and a put's
     local function settle(v)
       assert(cli:put("config/reload", v))
       for _ = 1, 8 do assert.equal(200, (http(ngx.port, "/put?key=touch&value=" .. v))) end
@@ -248,7 +316,7 @@ describe("OpenResty/nginx #nginx", function()
     for round = 1, 3 do
       local old = {}
       for _, pid in ipairs(ngx.workers()) do old[pid] = true end
-      assert(os.execute(("%s -p %s -c nginx.conf -s reload 2>/dev/null"):format(NGINX, ngx.dir)))
+      assert(helpers.execute(("%s -p %s -c nginx.conf -s reload 2>/dev/null"):format(NGINX, ngx.dir)))
       -- the old workers end (their mirror loop sees ngx.worker.exiting())
       assert.is_true(helpers.eventually(15, function()
         for pid in pairs(old) do

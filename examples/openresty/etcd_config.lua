@@ -1,6 +1,7 @@
---- The Lua side of examples/openresty/nginx.conf: worker 0 mirrors the keys
--- under config/ into the shared dict `config`; request handlers read it, and
--- write to etcd or wait for a change through their worker's own client.
+--- The Lua side of examples/openresty/nginx.conf: one worker (elected through
+-- the dict) mirrors the keys under config/ into the shared dict `config`;
+-- request handlers read it, and write to etcd or wait for a change through
+-- their worker's own client.
 local etcd = require "etcd"
 
 local M = { prefix = "config/" }
@@ -17,46 +18,11 @@ function M.client()
   return cli
 end
 
--- The mirror's loop, in a timer (where waits yield to nginx): load the
--- prefix, copy it into the dict, then apply changes until nginx stops this
--- worker (nginx -s reload, quit), and start over after a failure.
-local function mirror(premature)
-  if premature then return end
-  local dict = ngx.shared.config
-  while not ngx.worker.exiting() do
-    local m, msg = etcd.mirror(M.client(), M.prefix, {
-      on_change = function(kind, key, kv)
-        if kind == "put" then dict:set(key, kv.value) else dict:delete(key) end
-      end,
-    })
-    if m then
-      local keep = {}
-      for key, value in m:pairs() do
-        dict:set(key, value)
-        keep[key] = true
-      end
-      for _, key in ipairs(dict:get_keys(0)) do
-        if not keep[key] and key:sub(1, 1) ~= "$" then dict:delete(key) end
-      end
-      dict:set("$revision", m:revision())
-      while not ngx.worker.exiting() do
-        local ok, err = m:poll(1)
-        if not ok then msg = err break end
-        dict:set("$revision", m:revision())
-      end
-      m:close()
-    end
-    if msg then
-      ngx.log(ngx.ERR, "etcd mirror: ", msg)
-      ngx.sleep(1)
-    end
-  end
-  cli:close()
-  cli = nil
-end
-
+--- In every worker (init_worker_by_lua*): the workers elect one of them to
+-- mirror config/ into the shared dict (a lock in the dict); if it dies or is
+-- reloaded, another takes over from the revision the dict reflects.
 function M.init_worker()
-  if ngx.worker.id() == 0 then assert(ngx.timer.at(0, mirror)) end
+  M.mirror = require("etcd.ngx").shared_mirror(ngx.shared.config, M.prefix, { client = M.client })
 end
 
 function M.get()
@@ -92,8 +58,9 @@ function M.wait()
 end
 
 function M.status()
-  local dict = ngx.shared.config
-  ngx.say("revision ", dict:get("$revision") or 0, ", waiting ", dict:get("$waiting") or 0)
+  local st = M.mirror:stats()
+  ngx.say("revision ", st.revision, ", holder ", st.holder or "none", ", loads ", st.loads, ", takeovers ",
+    st.takeovers, ", waiting ", ngx.shared.config:get("$waiting") or 0)
 end
 
 return M
