@@ -44,7 +44,7 @@ local m = assert(etcd.mirror(cli, "pkg/"))
 local v = m:get("pkg/k")
 m:close()
 cli:close()
-print("SMOKE", v, lua_at, core_at)
+print("SMOKE", v, lua_at, core_at, etcd.version)
 ]]
 
 describe("installing the module #build", function()
@@ -67,8 +67,8 @@ describe("installing the module #build", function()
 
   it("make install puts every Lua file and the C module where Lua looks (PREFIX, DESTDIR)", function()
     local dest = dir .. "/dest"
-    local ok, out = sh(("make -s -j2 install BUILD=%s DESTDIR=%s PREFIX=/opt/le%s"):format(q(dir .. "/build"), q(dest),
-      LUA_ARG))
+    local ok, out = sh(("make -s -j2 install BUILD=%s DESTDIR=%s PREFIX=/opt/le VERSION=9.8.7%s"):format(
+      q(dir .. "/build"), q(dest), LUA_ARG))
     assert.is_true(ok, out)
     local share, lib = dest .. "/opt/le/share/lua/" .. ABI, dest .. "/opt/le/lib/lua/" .. ABI
     assert.same(lua_files, listing(share .. "/etcd", "*.lua"))
@@ -76,7 +76,32 @@ describe("installing the module #build", function()
     local ok2, out2 = smoke(share .. "/?.lua;" .. share .. "/?/init.lua", lib .. "/?.so")
     assert.is_true(ok2, out2)
     assert.matches("SMOKE\tinstalled\t" .. share:gsub("%p", "%%%0") .. "/etcd/init.lua\t"
-      .. lib:gsub("%p", "%%%0") .. "/etcd/core.so", out2)
+      .. lib:gsub("%p", "%%%0") .. "/etcd/core.so\t9%.8%.7\n", out2) -- VERSION= reaches etcd.version
+  end)
+
+  it("make rockspec-release writes a release's rockspec from the scm one (docs/RELEASING.md)", function()
+    local ok, out = sh(("make -s rockspec-release VERSION=1.2.3 ROCKSPEC_DIR=%s"):format(q(dir)))
+    assert.is_true(ok, out)
+    local spec = {}
+    local chunk = assert(loadfile(dir .. "/etcd-1.2.3-1.rockspec", "t", spec))
+    if rawget(_G, "setfenv") then setfenv(chunk, spec) end -- luacheck: ignore 113 (Lua 5.1)
+    chunk()
+    assert.equal("1.2.3-1", spec.version)
+    assert.equal("v1.2.3", spec.source.tag)
+    assert.equal("1.2.3", spec.build.build_variables.VERSION)
+    assert.equal("1.2.3", spec.build.install_variables.VERSION)
+    -- everything else as in the scm rockspec
+    local scm = {}
+    chunk = assert(loadfile("rockspec/etcd-scm-1.rockspec", "t", scm))
+    if rawget(_G, "setfenv") then setfenv(chunk, scm) end -- luacheck: ignore 113
+    chunk()
+    assert.same(scm.dependencies, spec.dependencies)
+    assert.same(scm.build.install_target, spec.build.install_target)
+    assert.same(scm.description, spec.description)
+    local bad
+    ok, bad = sh(("make -s rockspec-release VERSION=scm ROCKSPEC_DIR=%s"):format(q(dir)))
+    assert.is_false(ok)
+    assert.matches("VERSION=X.Y.Z expected", bad)
   end)
 
   it("luarocks make of the rockspec installs a rock that works from its tree", function()
