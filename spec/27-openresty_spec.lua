@@ -256,6 +256,19 @@ describe("OpenResty/nginx #nginx", function()
     assert(cli:put("config/k", "reloaded"))
     assert.is_true(served("reloaded", 1))
     assert.equal(1, status().loads)
+    -- a holder stopped (SIGSTOP) while it waits loses the lock; resumed, it
+    -- must not write the events it had queued over the newer ones
+    holder = status().holder
+    assert(helpers.execute("kill -STOP " .. holder))
+    assert(cli:put("config/k", "stale"))
+    assert.is_true(served("stale", 15), "no takeover from a stopped holder:\n" .. ngx.log())
+    assert.are_not.equal(holder, status().holder)
+    assert(cli:put("config/k", "fresh"))
+    assert.is_true(served("fresh", 1))
+    assert(helpers.execute("kill -CONT " .. holder))
+    helpers.sleep(1.5) -- the resumed worker reads its watch, sees it lost the lock
+    assert.equal("fresh", select(2, http(ngx.port, "/config/k")))
+    assert.equal(1, status().loads)
     -- a compaction past the stored revision: the next holder loads again
     holder = status().holder
     assert(helpers.execute("kill -STOP " .. holder)) -- a hung holder: its lock runs out

@@ -209,6 +209,13 @@ local function hold(self, cli)
     local resp
     resp, msg, code = w:next(every)
     if resp then
+      -- still the holder, and nobody moved the dict past us? (this worker may
+      -- have been stopped inside w:next while another took over: its events
+      -- would then be older than what the dict holds)
+      if self.dict:get(META.holder) ~= self.token or (self.dict:get(META.revision) or 0) > rev then
+        w:close()
+        return nil, "etcd.ngx: another worker holds the mirror", "lost"
+      end
       local h = resp.header
       if cluster and h.cluster_id ~= 0 and tostring(h.cluster_id) ~= cluster then
         w:close()
