@@ -422,13 +422,16 @@ fuzz: deps fuzz-deps
 #   make bench-coroutines  BENCH_N puts from BENCH_N coroutines vs in sequence
 #   make bench-mirror      etcd.mirror against a plain paged get: load time,
 #                          memory per key, CPU per change (BENCH_MIRROR_KEYS)
-#   make bench             all four
+#   make bench-ngx         the nginx driver: gets in an nginx content handler
+#                          against the same in plain LuaJIT, one by one and
+#                          from BENCH_NGX_C threads (BENCH_ROUNDS, BENCH_NGX_N)
+#   make bench             all five
 # The Go side builds offline against Debian's etcd 3.4 sources (GOPATH mode);
 # Node's etcd3 comes from the npm registry, pinned by bench/node/package-lock.json.
 BENCH_PKGS = golang-go golang-etcd-server-dev curl
 
-.PHONY: bench bench-kv bench-keepalive bench-coroutines bench-mirror bench-deps
-bench: bench-kv bench-coroutines bench-keepalive bench-mirror
+.PHONY: bench bench-kv bench-keepalive bench-coroutines bench-mirror bench-ngx bench-deps
+bench: bench-kv bench-coroutines bench-keepalive bench-mirror bench-ngx
 
 bench-deps:
 	@$(MAKE) --no-print-directory deps DEB_PKGS='$(BENCH_PKGS)'
@@ -451,6 +454,10 @@ bench-keepalive: deps bench-deps
 bench-mirror: deps
 	$(MAKE) all
 	$(LUA_ENV) BENCH_LUA='$(LUA)' $(LUA) bench/mirror.lua
+
+bench-ngx: deps bench-deps
+	$(MAKE) all luajit-build
+	$(LUA_ENV) $(LUA) bench/ngx.lua
 
 bench-coroutines: deps
 	$(MAKE) all

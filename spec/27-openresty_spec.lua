@@ -279,6 +279,36 @@ describe("OpenResty/nginx #nginx", function()
     assert.equal(2, status().loads)
   end)
 
+  it("loads in a request handler (no init_by_lua), and etcd.spawn/etcd.run work in one", function()
+    if ngx then ngx.stop() end
+    ngx = start_nginx(srv.endpoints, {
+      init = " ",
+      location = [[
+    location = /spawn { content_by_lua_block {
+      local etcd = require "etcd"
+      local cli = require("etcd_config").client()
+      local done = {}
+      for i = 1, 5 do
+        etcd.spawn(function()
+          assert(cli:put("config/spawned" .. i, "v" .. i))
+          etcd.sleep(0.01)
+          local v = assert(cli:get("config/spawned" .. i)).kvs[1].value
+          done[#done + 1] = v
+        end)
+      end
+      etcd.run()
+      table.sort(done)
+      ngx.say(table.concat(done, " "))
+    } }]],
+    })
+    for _ = 1, 3 do
+      local status, body = http(ngx.port, "/spawn", 10)
+      assert.equal(200, status, ngx.log())
+      assert.equal("v1 v2 v3 v4 v5", body)
+    end
+    assert.not_matches("%[error%]", ngx.log())
+  end)
+
   it("a client cannot be made in init_by_lua (the master): a clear error, and the workers work", function()
     if ngx then ngx.stop() end
     ngx = start_nginx(srv.endpoints, {

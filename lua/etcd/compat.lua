@@ -42,12 +42,9 @@ local create, resume, status, yield = coroutine.create, coroutine.resume, corout
 local MAIN = {} -- stands for the main thread where coroutine.running gives nil
 
 -- Can a coroutine yield from inside pcall? 5.2+ and LuaJIT: yes; 5.1: no.
-local YIELD_ACROSS_PCALL
-do
-  local co = create(function() return pcall(yield, 1) end)
-  local ok, v = resume(co)
-  YIELD_ACROSS_PCALL = ok and v == 1
-end
+-- (Known, not probed: inside nginx a coroutine resumed while a module loads,
+-- in require, makes OpenResty's coroutine.resume yield across that C call.)
+local YIELD_ACROSS_PCALL = rawget(_G, "jit") ~= nil or _VERSION ~= "Lua 5.1"
 M.YIELD_ACROSS_PCALL = YIELD_ACROSS_PCALL
 
 -- Where it cannot (5.1): pcall runs f in a coroutine of its own and passes
