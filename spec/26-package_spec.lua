@@ -79,6 +79,15 @@ describe("installing the module #build", function()
       .. lib:gsub("%p", "%%%0") .. "/etcd/core.so\t9%.8%.7\n", out2) -- VERSION= reaches etcd.version
   end)
 
+  it("make LUA=... builds for that Lua or stops, naming what to install", function()
+    local ok, out = sh(("make -s all LUA=lua5.3 LUA_PC=lua-missing BUILD=%s"):format(q(dir .. "/nolua")))
+    assert.is_falsy(ok)
+    assert.matches("LUA=lua5.3: no Lua headers %(pkg%-config lua%-missing%); install lua5.3 liblua5.3%-dev", out)
+    ok, out = sh(("make -s all LUA=lua9 BUILD=%s"):format(q(dir .. "/nolua")))
+    assert.is_falsy(ok)
+    assert.matches("LUA=lua9: one of lua5.4 lua5.3 lua5.1 luajit expected", out)
+  end)
+
   it("make rockspec-release writes a release's rockspec from the scm one (docs/RELEASING.md)", function()
     local ok, out = sh(("make -s rockspec-release VERSION=1.2.3 ROCKSPEC_DIR=%s"):format(q(dir)))
     assert.is_true(ok, out)
