@@ -17,6 +17,10 @@
 -- (`M.BLOCKING` lists those phases). In init_by_lua* (the master, before
 -- the fork) a client cannot be made at all: gRPC's threads would not
 -- survive into the workers.
+--
+-- Also `etcd.ngx.shared_mirror`: one watcher per nginx instance, keeping a
+-- prefix in a lua_shared_dict for every worker.
+-- @module etcd.ngx
 local core = require "etcd.core"
 
 local M = { name = "etcd.ngx" }
