@@ -5,7 +5,7 @@ local M = {}
 --- Run a shell command: ok, its stdout and stderr together.
 function M.sh(cmd)
   local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
+  local out = p:read("*a")
   local ok = p:close()
   return ok, out
 end
@@ -36,7 +36,7 @@ end
 --- This process's resident memory, KiB.
 function M.rss_kb()
   local f = assert(io.open("/proc/self/status"))
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return tonumber(s:match("VmRSS:%s*(%d+)"))
 end

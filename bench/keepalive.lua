@@ -25,7 +25,7 @@ local srv = helpers.start_etcd {}
 local ok, err = pcall(function()
   local ep = srv.endpoint
   print(("keepalive_scale: etcd %s on %s, %d rounds interleaved, medians"):format(
-    io.popen("etcd --version | head -1"):read("l") or "?", ep, ROUNDS))
+    io.popen("etcd --version | head -1"):read("*l") or "?", ep, ROUNDS))
   for n in SIZES:gmatch("%d+") do
     local res = { lua = {}, go = {} }
     for r = 1, ROUNDS do

@@ -23,7 +23,7 @@ local ok, err = pcall(function()
   local ep = srv.endpoint
   local cli = assert(etcd.new { endpoints = { ep } })
   print(("mirror: etcd %s on %s, %d rounds interleaved, medians"):format(
-    io.popen("etcd --version | head -1"):read("l") or "?", ep, ROUNDS))
+    io.popen("etcd --version | head -1"):read("*l") or "?", ep, ROUNDS))
   local value = string.rep("v", 100)
   for n in SIZES:gmatch("%d+") do
     n = tonumber(n)

@@ -367,8 +367,15 @@ describe("endpoint sync", function()
     end), "the new member never showed up")
     assert.equal(4, #cli:endpoints())
     assert.equal(added.member.id, assert(cli:status(joined.endpoint)).header.member_id)
+    -- the new member has caught up: once `first` is gone, the quorum (3 of
+    -- 4) needs it (on a loaded machine it can still be replaying the log)
+    local first_st = assert(cli:status(first.endpoint))
+    assert.is_true(helpers.eventually(30, function()
+      local st = cli:status(joined.endpoint)
+      return st ~= nil and st.raft_applied_index >= first_st.raft_index
+    end), "the new member never caught up")
     -- the endpoint the client was given dies: the others carry on
-    local first_id = assert(cli:status(first.endpoint)).header.member_id
+    local first_id = first_st.header.member_id
     first:kill()
     assert(cli:get("sync/k")) -- a read is retried on another member
     assert(cli:put("sync/k", "after"))

@@ -272,7 +272,7 @@ function M.install(Client)
       if r then
         for k, v in pairs(r) do e[k] = v end
         e.id = r.header.member_id
-        e.is_leader = r.leader ~= 0 and r.leader == r.header.member_id
+        e.is_leader = r.leader ~= core.id(0) and r.leader == r.header.member_id
       else
         e.error, e.code = out[i][2], out[i][3]
       end

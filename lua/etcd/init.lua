@@ -101,7 +101,7 @@ local function pem(v, name)
     if err:sub(1, #v + 2) == v .. ": " then err = err:sub(#v + 3) end
     check.fail(("etcd.new: option 'tls.%s': cannot read %q: %s"):format(name, v, err), 3)
   end
-  local text = f:read("a")
+  local text = f:read("*a")
   f:close()
   if not text or not text:find("-----BEGIN", 1, true) then
     check.fail(("etcd.new: option 'tls.%s': %q holds no PEM data"):format(name, v), 3)
