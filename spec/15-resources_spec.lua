@@ -143,8 +143,9 @@ describe("resources", function()
     -- each holds an eventfd and a socket
     assert.is_true(max_fds <= base.fds + 2 * (CLIENT_SLACK + 1) + 8,
       ("%d fds at once (baseline %d)"):format(max_fds, base.fds))
-    -- with the big heap, the collector would not have run by itself
-    if n >= 1000 then assert.is_true(p.collections > p0, "no collection was forced") end
+    -- with the big heap, PUC Lua 5.3+'s collector would not have run by itself
+    -- (5.1's and LuaJIT's pace differently and may free the clients first)
+    if n >= 1000 and math.type then assert.is_true(p.collections > p0, "no collection was forced") end
     local after = settle(base)
     assert.equal(live0, core._pressure().clients.live)
     assert_rss(base, after, n .. " clients")
@@ -266,12 +267,18 @@ io.write(("ok %d %d %d\n"):format(#heap, p.limit, p.collections))
     assert(ok and limit, out)
     assert.equal(16, tonumber(limit)) -- 128 / 8
     -- PUC Lua's collector lags behind the 16 MiB heap: the module's own full
-    -- collections are what keep the fds free. LuaJIT's collected the dropped
+    -- collections are what keep the fds free. LuaJIT's and 5.1's collected the dropped
     -- clients by itself in this test (0 needed): the fds were free either way.
-    if not rawget(_G, "jit") then assert.is_true(tonumber(collections) >= 1000 / 16 - 1, out) end
+    if math.type then assert.is_true(tonumber(collections) >= 1000 / 16 - 1, out) end
   end)
 
   it("the pressure is per kind, and none runs while the collector is stopped", function()
+    if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
+      -- Lua 5.1 cannot tell whether the collector is stopped: the pressure
+      -- collects regardless there (README "Lua versions")
+      pending("Lua 5.1 has no LUA_GCISRUNNING")
+      return
+    end
     local p0 = core._pressure()
     assert.is_true(p0.clients.limit >= CLIENT_SLACK)
     assert.is_true(p0.watches.limit >= WATCH_SLACK)
@@ -421,6 +428,9 @@ if how == "true" then os.exit(true, true) end
     it(("exits at once, status 0, nothing on stderr: %s"):format(
       how == "exit" and "os.exit(0)" or how == "close" and "os.exit(0, true)"
       or how == "true" and "os.exit(true, true)" or "end of script"), function()
+      if how == "true" and _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
+        return pending("os.exit takes a boolean from Lua 5.2 (and LuaJIT) on")
+      end
       for _ = 1, 3 do
         local status, out, err, took = helpers.run_lua(SCRIPT, { seconds = 20, args = { srv.endpoint, how } })
         assert.equal("", err)
