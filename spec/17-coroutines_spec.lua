@@ -83,7 +83,11 @@ describe("coroutines", function()
     local log = {}
     local consumer = etcd.spawn(function()
       local n = 0
-      for ev in w:events() do
+      -- the iterator called by hand: Lua 5.1's generic for cannot yield
+      local events = w:events()
+      while true do
+        local ev = events()
+        if not ev then break end
         n = n + 1
         log[#log + 1] = "got " .. ev.kv.value
         if n == 10 then break end

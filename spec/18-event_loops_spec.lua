@@ -16,9 +16,11 @@ describe("cqueues", function()
     local got = {}
     local w = assert(cli:watch("cq/", { prefix = true }))
     cq:wrap(function()
-      for ev in w:events() do
+      -- the iterator called by hand: Lua 5.1's generic for cannot yield
+      local events = w:events()
+      while #got < 5 do
+        local ev = assert(events())
         got[#got + 1] = ev.kv.value
-        if #got == 5 then break end
       end
     end)
     cq:wrap(function()
@@ -135,9 +137,11 @@ describe("luv", function()
     local w = assert(cli:watch("luv/", { prefix = true }))
     local consumer = eluv.spawn(function()
       local got = {}
-      for ev in w:events() do
+      -- the iterator called by hand: Lua 5.1's generic for cannot yield
+      local events = w:events()
+      while #got < 5 do
+        local ev = assert(events())
         got[#got + 1] = ev.kv.value
-        if #got == 5 then break end
       end
       return table.concat(got, ",")
     end)

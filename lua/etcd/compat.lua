@@ -63,9 +63,23 @@ function M.running()
   return co, main == true
 end
 
+--- Set by etcd.wait on 5.1: called where M.pcall makes its coroutine, its
+-- value is what M.pinned() then gives inside that coroutine (the waiting
+-- driver of the code that called pcall: inside the new coroutine, cqueues
+-- would no longer recognise its own).
+M.pin = nil
+--- On 5.1, the value M.pin gave for the running pcall coroutine (nil
+-- elsewhere); nil itself where coroutines can yield across pcall.
+M.pinned = nil
+
 if YIELD_ACROSS_PCALL then
   M.pcall = pcall
 else
+  local pins = setmetatable({}, { __mode = "k" })
+  function M.pinned()
+    local co = running()
+    return co and pins[co]
+  end
   local function pass(co, ok, ...)
     if not ok then return false, ... end
     if status(co) == "dead" then return true, ... end
@@ -73,8 +87,10 @@ else
   end
   --- pcall, through which a coroutine can yield.
   function M.pcall(f, ...)
+    local pin = M.pin and M.pin()
     local co = create(function(...) return f(...) end) -- (5.1's create takes no C function)
     outer[co] = running() or MAIN
+    pins[co] = pin
     return pass(co, resume(co, ...))
   end
 end

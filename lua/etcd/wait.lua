@@ -23,6 +23,7 @@ local M = {}
 
 local now = core.now
 local running, isyieldable = compat.running, compat.isyieldable
+local pinned = compat.pinned
 M.now = now
 
 --- Returned by `wait.loop` when the deadline passed.
@@ -139,6 +140,10 @@ M.ngx = ngxd
 
 --- The driver for the running coroutine.
 function M.driver()
+  if pinned then
+    local d = pinned() -- (5.1: inside the library's own pcall)
+    if d then return d end
+  end
   local co, main = running()
   -- where yielding is impossible (the main thread, a __close run by
   -- coroutine.close, a C function in between) a wait blocks
@@ -287,5 +292,9 @@ end
 function Event:wait(dl)
   return M.any({ self }, dl)
 end
+
+-- 5.1: the library's pcall runs its function in a coroutine of its own,
+-- which keeps the driver of the code that called it
+if pinned then compat.pin = M.driver end
 
 return M
