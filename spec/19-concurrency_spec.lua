@@ -422,7 +422,11 @@ describe("concurrency election", function()
     end
     local seen = {}
     local observer = etcd.spawn(function()
-      for resp in es[1]:observe() do
+      -- the iterator called by hand: Lua 5.1's generic for cannot yield
+      local observe = es[1]:observe()
+      while true do
+        local resp = observe()
+        if not resp then break end
         seen[#seen + 1] = resp.kvs[1].value
         if #seen == 4 then break end
       end

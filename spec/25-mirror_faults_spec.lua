@@ -52,7 +52,13 @@ describe("etcd.mirror on three members", function()
     local stop = false
     local writes, failures = 0, 0
     local collector = etcd.spawn(function()
-      for b in m:changes() do batches[#batches + 1] = b end
+      -- the iterator called by hand: Lua 5.1's generic for cannot yield
+      local changes = m:changes()
+      while true do
+        local b = changes()
+        if not b then break end
+        batches[#batches + 1] = b
+      end
     end)
     local writer = etcd.spawn(function()
       local n = 0
