@@ -380,4 +380,43 @@ describe("OpenResty/nginx #nginx", function()
     assert.not_matches("%[error%]", ngx.log())
     assert.not_matches("%[alert%]", ngx.log())
   end)
+  it("a restore from a snapshot, then a new cluster behind the same endpoint: the dict is loaded again", function()
+    if ngx then ngx.stop() end
+    for i = 1, 5 do assert(cli:put("config/rs" .. i, "old")) end
+    ngx = start_nginx(srv.endpoints, { workers = 2 })
+    local function value(k) return select(2, http(ngx.port, "/config/" .. k)) end
+    local function loads()
+      local _, body = http(ngx.port, "/status")
+      return tonumber(tostring(body):match("loads (%d+)"))
+    end
+    assert.is_true(helpers.eventually(5, function() return value("rs1") == "old" end), ngx.log())
+    local loads0 = loads()
+    local path = helpers.tmpdir() .. "/s.db"
+    assert(cli:snapshot(path))
+    assert(cli:put("config/rs1", "after"))
+    assert(cli:put("config/rsnew", "after"))
+    assert.is_true(helpers.eventually(5, function() return value("rsnew") == "after" end))
+    -- etcd restored from the snapshot: its revision is behind the dict's
+    srv:stop { keep_data = true }
+    assert(helpers.execute("rm -rf '" .. srv.data_dir .. "'"))
+    local ok, out, err = helpers.etcdctl(srv, "snapshot", "restore", path, "--data-dir", srv.data_dir,
+      "--name", srv.name, "--initial-cluster", srv.initial_cluster,
+      "--initial-cluster-token", srv.token, "--initial-advertise-peer-urls", srv.peer_url)
+    assert.is_true(ok, tostring(out) .. tostring(err))
+    srv:restart()
+    assert.is_true(helpers.eventually(30, function()
+      return value("rs1") == "old" and http(ngx.port, "/config/rsnew") == 404
+    end), "the restore was not noticed:\n" .. ngx.log())
+    assert.equal(loads0 + 1, loads())
+    -- a new, empty cluster behind the same endpoint
+    srv:stop { keep_data = true }
+    assert(helpers.execute("rm -rf '" .. srv.data_dir .. "'"))
+    srv:_spawn("new")
+    srv:wait_healthy()
+    assert(cli:put("config/fresh", "1"))
+    assert.is_true(helpers.eventually(30, function()
+      return value("fresh") == "1" and http(ngx.port, "/config/rs1") == 404
+    end), "the new cluster was not noticed:\n" .. ngx.log())
+    assert.equal(loads0 + 2, loads())
+  end)
 end)

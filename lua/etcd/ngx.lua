@@ -197,6 +197,17 @@ end
 local function hold(self, cli)
   local rev = self.dict:get(META.revision)
   local cluster = self.dict:get(META.cluster)
+  if rev then
+    -- is etcd still the store the dict came from? (a restore from a
+    -- snapshot while no worker held the mirror: another cluster id, or a
+    -- store behind the dict's revision; a linearizable read says)
+    local res, msg, code = cli:get(self.prefix, { keys_only = true, limit = 1 })
+    if not res then return nil, msg, code end
+    if tostring(res.header.cluster_id) ~= cluster or res.header.revision < rev then
+      self.dict:delete(META.revision)
+      rev = nil
+    end
+  end
   if not rev then
     local ok, msg, code = load(self, cli)
     if not ok then return nil, msg, code end
@@ -238,6 +249,17 @@ local function hold(self, cli)
         last = r
       end
       if #resp.events == 0 and h.revision > last then last = h.revision end
+      if #resp.events == 0 and h.revision ~= 0 and h.revision < rev then
+        -- a progress answer behind the dict: confirm with a linearizable read
+        local res
+        res, msg, code = cli:get(self.prefix, { keys_only = true, limit = 1 })
+        if not res then w:close() return nil, msg, code end
+        if res.header.revision < rev then
+          w:close()
+          self.dict:delete(META.revision)
+          return nil, "etcd.ngx: the store went back (restored from a snapshot?)", "restored"
+        end
+      end
       if last > rev then
         rev = last
         set(self, META.revision, rev)
