@@ -39,10 +39,17 @@ local function sh(cmd)
   return out
 end
 
--- The pids of processes whose parent is `ppid`.
+-- The pids of the live processes whose parent is `ppid` (from /proc: a
+-- minimal Debian has no procps).
 local function children(ppid)
   local out = {}
-  for pid in sh("pgrep -P " .. ppid):gmatch("%d+") do out[#out + 1] = tonumber(pid) end
+  for pid in sh("ls /proc"):gmatch("%d+") do
+    local stat = read_file("/proc/" .. pid .. "/stat")
+    local state, parent
+    if stat then state, parent = stat:match("^%d+ %(.*%) (%a) (%d+)") end
+    if parent and tonumber(parent) == ppid and state ~= "Z" then out[#out + 1] = tonumber(pid) end
+  end
+  table.sort(out)
   return out
 end
 
@@ -116,7 +123,8 @@ local function start_nginx(endpoints, opts)
     if not helpers.proc_running(pid) then return end
     os.execute("kill -QUIT " .. pid)
     if not helpers.eventually(10, function() return not helpers.proc_running(pid) end) then
-      os.execute("pkill -KILL -P " .. pid .. "; kill -KILL " .. pid)
+      for _, child in ipairs(children(pid)) do os.execute("kill -KILL " .. child) end
+      os.execute("kill -KILL " .. pid)
     end
     os.execute("wait " .. pid .. " 2>/dev/null")
   end
