@@ -402,13 +402,7 @@ describe("etcd.mirror and a store whose revision goes backwards", function()
     local it = m:changes(0)
     assert.equal("after", replica["rs/new"])
 
-    srv:stop { keep_data = true }
-    assert(helpers.execute("rm -rf '" .. srv.data_dir .. "'"))
-    local ok, out, err = helpers.etcdctl(srv, "snapshot", "restore", path, "--data-dir", srv.data_dir,
-      "--name", srv.name, "--initial-cluster", srv.initial_cluster,
-      "--initial-cluster-token", srv.token, "--initial-advertise-peer-urls", srv.peer_url)
-    assert.is_true(ok, tostring(out) .. tostring(err))
-    srv:restart()
+    helpers.restore_snapshot(srv, path)
     assert.is_true(helpers.eventually(20, function()
       m:poll(0.2)
       return m:stats().restores == 1
@@ -429,10 +423,7 @@ describe("etcd.mirror and a store whose revision goes backwards", function()
     assert.equal("later", (m:get("rs/k03")))
 
     -- a new, empty cluster behind the same endpoint
-    srv:stop { keep_data = true }
-    assert(helpers.execute("rm -rf '" .. srv.data_dir .. "'"))
-    srv:_spawn("new")
-    srv:wait_healthy()
+    helpers.new_cluster_in_place(srv)
     assert(cli:put("rs/fresh", "1"))
     assert.is_true(helpers.eventually(20, function()
       m:poll(0.2)

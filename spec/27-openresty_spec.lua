@@ -405,22 +405,13 @@ describe("OpenResty/nginx #nginx", function()
     assert(cli:put("config/rsnew", "after"))
     assert.is_true(helpers.eventually(5, function() return value("rsnew") == "after" end))
     -- etcd restored from the snapshot: its revision is behind the dict's
-    srv:stop { keep_data = true }
-    assert(helpers.execute("rm -rf '" .. srv.data_dir .. "'"))
-    local ok, out, err = helpers.etcdctl(srv, "snapshot", "restore", path, "--data-dir", srv.data_dir,
-      "--name", srv.name, "--initial-cluster", srv.initial_cluster,
-      "--initial-cluster-token", srv.token, "--initial-advertise-peer-urls", srv.peer_url)
-    assert.is_true(ok, tostring(out) .. tostring(err))
-    srv:restart()
+    helpers.restore_snapshot(srv, path)
     assert.is_true(helpers.eventually(30, function()
       return value("rs1") == "old" and http(ngx.port, "/config/rsnew") == 404
     end), "the restore was not noticed:\n" .. ngx.log())
     assert.equal(loads0 + 1, loads())
     -- a new, empty cluster behind the same endpoint
-    srv:stop { keep_data = true }
-    assert(helpers.execute("rm -rf '" .. srv.data_dir .. "'"))
-    srv:_spawn("new")
-    srv:wait_healthy()
+    helpers.new_cluster_in_place(srv)
     assert(cli:put("config/fresh", "1"))
     assert.is_true(helpers.eventually(30, function()
       return value("fresh") == "1" and http(ngx.port, "/config/rs1") == 404

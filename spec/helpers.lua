@@ -226,6 +226,28 @@ end
 
 -- The keys under `pfx` as the store has them (at `rev`, nil: now): key ->
 -- value, and the response's header.
+-- helpers.restore_snapshot(srv, path): etcd `srv` stopped, its data replaced
+-- by the snapshot at `path` (etcdctl snapshot restore, same member and
+-- cluster token: the same cluster id, an older revision), started again.
+function M.restore_snapshot(srv, path)
+  srv:stop { keep_data = true }
+  assert(M.execute("rm -rf '" .. srv.data_dir .. "'"))
+  local ok, out, err = M.etcdctl(srv, "snapshot", "restore", path, "--data-dir", srv.data_dir,
+    "--name", srv.name, "--initial-cluster", srv.initial_cluster,
+    "--initial-cluster-token", srv.token, "--initial-advertise-peer-urls", srv.peer_url)
+  assert(ok, tostring(out) .. tostring(err))
+  srv:restart()
+end
+
+-- helpers.new_cluster_in_place(srv): etcd `srv` replaced by a new, empty
+-- cluster on the same ports.
+function M.new_cluster_in_place(srv)
+  srv:stop { keep_data = true }
+  assert(M.execute("rm -rf '" .. srv.data_dir .. "'"))
+  srv:_spawn("new")
+  srv:wait_healthy()
+end
+
 function M.prefix_values(cli, pfx, rev)
   local res = assert(cli:get(pfx, { prefix = true, revision = rev }))
   local t = {}

@@ -45,19 +45,31 @@ M.BLOCKING = {
 
 local ngx = rawget(_G, "ngx")
 
---- Whether the running code is nginx Lua code that can yield (its phase
--- allows it). False outside nginx.
-function M.can_yield()
-  if not ngx or not ngx.get_phase then return false end
-  local ok, phase = pcall(ngx.get_phase)
-  return ok and M.YIELDING[phase] == true
-end
-
 --- The nginx phase running, or nil outside nginx.
 function M.phase()
   if not ngx or not ngx.get_phase then return nil end
   local ok, phase = pcall(ngx.get_phase)
   return ok and phase or nil
+end
+
+--- Whether the running code is nginx Lua code that can yield (its phase
+-- allows it). False outside nginx.
+function M.can_yield()
+  return M.YIELDING[M.phase()] == true
+end
+
+-- Pause number `i` of a wait that ends at `dl` (nil: none): false once `dl`
+-- has passed, else true after sleeping.
+local function pause(i, dl)
+  local p = PAUSES[i] or M.max_pause
+  if dl then
+    local left = dl - core.now()
+    if left <= 0 then return false end
+    if left < p then p = left end
+  end
+  -- (below 1 ms nginx sleeps 0 ms, which it warns about)
+  ngx.sleep(p < 0.001 and 0.001 or p)
+  return true
 end
 
 local function wake(rec, why)
@@ -68,19 +80,11 @@ end
 -- ready list, or an event signals it) or `dl` passes.
 function M.park(rec, cc, dl)
   rec.wake = wake
-  local i, now, dispatch = 1, core.now, require("etcd.wait").dispatch
-  while true do
+  local dispatch = require("etcd.wait").dispatch
+  for i = 1, math.huge do
     if cc then dispatch(cc) end
     if rec.why then return rec.why end
-    local pause = PAUSES[i] or M.max_pause
-    i = i + 1
-    if dl then
-      local left = dl - now()
-      if left <= 0 then return "timeout" end
-      if left < pause then pause = left end
-    end
-    -- (below 1 ms nginx sleeps 0 ms, which it warns about)
-    ngx.sleep(pause < 0.001 and 0.001 or pause)
+    if not pause(i, dl) then return "timeout" end
   end
 end
 
@@ -89,18 +93,10 @@ end
 -- between pauses, as M.park does, for up to `left` seconds (nil: no limit).
 -- Returns once one of them has something ready.
 function M.idle(clients, left)
-  local i, now = 1, core.now
-  local dl = left and now() + left
-  while true do
+  local dl = left and core.now() + left
+  for i = 1, math.huge do
     if #clients > 0 and core._poll(clients, 0) > 0 then return end
-    local pause = PAUSES[i] or M.max_pause
-    i = i + 1
-    if dl then
-      local rest = dl - now()
-      if rest <= 0 then return end
-      if rest < pause then pause = rest end
-    end
-    ngx.sleep(pause < 0.001 and 0.001 or pause)
+    if not pause(i, dl) then return end
   end
 end
 
@@ -191,6 +187,14 @@ local function refresh(self)
   return true
 end
 
+-- Is etcd still the store the dict came from (the cluster id `cluster`, at
+-- `rev` or later)? A linearizable read says: true, false, or nil, msg, code.
+local function same_store(self, cli, rev, cluster)
+  local res, msg, code = cli:get(self.prefix, { keys_only = true, limit = 1 })
+  if not res then return nil, msg, code end
+  return tostring(res.header.cluster_id) == cluster and res.header.revision >= rev
+end
+
 -- The holder's work: catch up from the dict's revision (or load), then
 -- apply the watch's events until the lock is lost, the worker exits or
 -- something fails (the caller starts over).
@@ -198,12 +202,10 @@ local function hold(self, cli)
   local rev = self.dict:get(META.revision)
   local cluster = self.dict:get(META.cluster)
   if rev then
-    -- is etcd still the store the dict came from? (a restore from a
-    -- snapshot while no worker held the mirror: another cluster id, or a
-    -- store behind the dict's revision; a linearizable read says)
-    local res, msg, code = cli:get(self.prefix, { keys_only = true, limit = 1 })
-    if not res then return nil, msg, code end
-    if tostring(res.header.cluster_id) ~= cluster or res.header.revision < rev then
+    -- a restore from a snapshot while no worker held the mirror?
+    local same, msg, code = same_store(self, cli, rev, cluster)
+    if same == nil then return nil, msg, code end
+    if not same then
       self.dict:delete(META.revision)
       rev = nil
     end
@@ -251,10 +253,10 @@ local function hold(self, cli)
       if #resp.events == 0 and h.revision > last then last = h.revision end
       if #resp.events == 0 and h.revision ~= 0 and h.revision < rev then
         -- a progress answer behind the dict: confirm with a linearizable read
-        local res
-        res, msg, code = cli:get(self.prefix, { keys_only = true, limit = 1 })
-        if not res then w:close() return nil, msg, code end
-        if res.header.revision < rev then
+        local same
+        same, msg, code = same_store(self, cli, rev, cluster)
+        if same == nil then w:close() return nil, msg, code end
+        if not same then
           w:close()
           self.dict:delete(META.revision)
           return nil, "etcd.ngx: the store went back (restored from a snapshot?)", "restored"
@@ -278,7 +280,7 @@ local function hold(self, cli)
 end
 
 local function run(self)
-  local pause = 0.2
+  local again = 0.2 -- seconds before a holder that stepped down tries again
   while not ngx.worker.exiting() do
     if self.dict:add(META.holder, self.token, self.lock_ttl) then
       self.dict:incr(META.takeovers, 1, 0)
@@ -293,7 +295,7 @@ local function run(self)
       end
       -- step down, so that another worker (or this one, next round) takes over at once
       if self.dict:get(META.holder) == self.token then self.dict:delete(META.holder) end
-      if not ngx.worker.exiting() then ngx.sleep(pause) end
+      if not ngx.worker.exiting() then ngx.sleep(again) end
     else
       ngx.sleep(math.min(1, self.lock_ttl / 3))
     end
