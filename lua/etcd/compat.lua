@@ -13,11 +13,9 @@ M.move = table.move or function(a1, f, e, t, a2)
   return a2
 end
 
---- True where integers are 64-bit (5.3+); elsewhere numbers are doubles,
--- exact below 2^53, and ids are decimal strings (etcd.id).
-M.INT64 = math.type ~= nil
-
-if M.INT64 then
+-- Integers are 64-bit on 5.3+; elsewhere numbers are doubles, exact below
+-- 2^53, and ids are decimal strings (etcd.id).
+if math.type then
   M.type = math.type
   M.tointeger = math.tointeger
   M.maxinteger = math.maxinteger
@@ -31,7 +29,7 @@ else
     return "float"
   end
   function M.tointeger(v)
-    if type(v) == "number" and v == floor(v) and v <= LIMIT and v >= -LIMIT then return v end
+    if M.type(v) == "integer" then return v end
     return nil
   end
   M.maxinteger = LIMIT
@@ -45,7 +43,6 @@ local MAIN = {} -- stands for the main thread where coroutine.running gives nil
 -- (Known, not probed: inside nginx a coroutine resumed while a module loads,
 -- in require, makes OpenResty's coroutine.resume yield across that C call.)
 local YIELD_ACROSS_PCALL = rawget(_G, "jit") ~= nil or _VERSION ~= "Lua 5.1"
-M.YIELD_ACROSS_PCALL = YIELD_ACROSS_PCALL
 
 -- Where it cannot (5.1): pcall runs f in a coroutine of its own and passes
 -- its yields on to the coroutine that called pcall (as coxpcall does); the
@@ -58,7 +55,7 @@ local outer = setmetatable({}, { __mode = "k" })
 function M.running()
   local co, main = running()
   if co == nil then return MAIN, true end
-  while outer[co] do co = outer[co] end
+  while outer[co] do co = outer[co] end -- (only 5.1's pcall fills `outer`)
   if co == MAIN then return MAIN, true end
   return co, main == true
 end
