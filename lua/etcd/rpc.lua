@@ -26,6 +26,8 @@ M.auth_refusal = core.auth_refusal
 -- `md`: the metadata to send (the token) or nil; `chan`: 1-based endpoint
 -- index or nil; `fail_fast`: do not wait for a connection; `ns`: a
 -- namespace to take off the keys of the result (done while decoding).
+-- Returns the response, or nil, msg, code and the endpoint index it failed on
+-- (when etcd failed it, rather than the client before it was sent).
 function M.once(cc, method, req, dl, md, chan, fail_fast, ns)
   local left = dl - now()
   if left < 0 then left = 0 end
@@ -38,7 +40,10 @@ function M.once(cc, method, req, dl, md, chan, fail_fast, ns)
   end
   local res
   res, msg, code = h:result(ns)
-  if res == nil then return errors.fail(msg, code) end
+  if res == nil then
+    local _, m2, c2 = errors.fail(msg, code)
+    return nil, m2, c2, h:chan()
+  end
   return res
 end
 
@@ -102,6 +107,74 @@ local function with_leader(cli, md)
   return t
 end
 
+-- The leader fence. A call that failed with UNAVAILABLE (its connection
+-- broke) or ran out of time on member M leaves M suspect: it may be the
+-- leader, dead or hung. The other members believe in it until their election
+-- timeout, and a write sent to one of them meanwhile is forwarded to M and
+-- dropped without a word: it fails at its deadline, outcome unknown (etcd
+-- 3.4). So the writes that follow wait first, all of them on one check,
+-- until M answers again or another member names a leader other than M (or
+-- none: etcd then refuses writes with "no leader", which applied nothing and
+-- are sent again); each within its own deadline. Reads do not wait (a read
+-- is sent again after any UNAVAILABLE). The check asks every endpoint's
+-- status at once, again every FENCE_PAUSE until one answer settles it.
+local FENCE_PAUSE = 0.05
+
+local function suspect(cli, chan)
+  if cli._fence or not chan or chan == 0 then return end
+  local member = cli._core:_member_at(chan)
+  if member then cli._fence = { chan = chan, member = member } end
+end
+
+local function settles(f, chan, res)
+  return chan == f.chan or res.header.member_id == f.member or res.leader ~= f.member
+end
+
+local function fence(cli, dl)
+  local f = cli._fence
+  if f.ev then
+    f.ev:wait(dl)
+    return
+  end
+  f.ev = wait.event()
+  local cc = cli._core
+  local calls = {} -- endpoint index -> the status call in flight there
+  local ok, err = pcall(function()
+    while now() < dl do
+      local toks = {}
+      for _, ep in ipairs(cli._endpoints) do
+        local i = cli._chan[ep]
+        if not calls[i] then
+          local h, _, code = cc:_unary("Maintenance.Status", {}, math.max(0, math.min(1, dl - now())), cli._md, i, true)
+          if not h and code == "closed" then return end
+          calls[i] = h
+        end
+        if calls[i] then toks[#toks + 1] = calls[i]:token() end
+      end
+      local done = wait.loop(cc, toks, math.min(dl, now() + FENCE_PAUSE), function()
+        for i, h in pairs(calls) do
+          if h:done() then
+            calls[i] = nil
+            local res, _, code = h:result()
+            -- an answer that is not a sign of a member gone (a refusal
+            -- of some other kind) cannot be judged: do not hold writes
+            if res and settles(f, i, res) or not res and not RETRY_ON[code] and code ~= "timeout" then
+              return true
+            end
+          end
+        end
+        return false
+      end)
+      if done == true then return end
+    end
+  end)
+  for _, h in pairs(calls) do h:cancel() end
+  -- settled, or out of time: the writes that follow go as before
+  cli._fence = nil
+  f.ev:signal()
+  if not ok then error(err, 0) end
+end
+
 -- Go's limit on attempts (options.go: defaultUnaryMaxRetries).
 local MAX_ATTEMPTS = 100
 
@@ -131,16 +204,18 @@ function M.call(cli, method, req, timeout, chan, ns)
   local quorum = math.floor(#cli._endpoints / 2) + 1
   local attempt = 0
   while true do
+    if retry and not repeatable and cli._fence then fence(cli, dl) end
     local md = cli._md
     local send = repeatable and md or with_leader(cli, md)
-    local res, msg, code = M.once(cc, method, req, dl, send, chan, nil, ns)
+    local res, msg, code, on = M.once(cc, method, req, dl, send, chan, nil, ns)
     if not res and cli._login and M.auth_refusal(msg) then
       local ok, m2, c2 = M.relogin(cli, md, dl)
       if not ok then return nil, m2, c2 end
       send = repeatable and cli._md or with_leader(cli, cli._md)
-      res, msg, code = M.once(cc, method, req, dl, send, chan, nil, ns)
+      res, msg, code, on = M.once(cc, method, req, dl, send, chan, nil, ns)
     end
     if res then return res end
+    if retry and (code == "UNAVAILABLE" or code == "timeout") then suspect(cli, on) end
     if not retry or not (repeatable and RETRY_ON[code] or code == "no_leader") then return nil, msg, code end
     attempt = attempt + 1
     if attempt >= MAX_ATTEMPTS then return nil, msg, code end

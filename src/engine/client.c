@@ -4,6 +4,7 @@
  * No lua.h here: see engine.h.
  */
 #include "internal.h"
+#include "pbwalk.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -702,6 +703,13 @@ int ec_client_retire(ec_client *c, size_t i) {
   return r;
 }
 
+uint64_t ec_client_member_at(ec_client *c, size_t i) {
+  pthread_mutex_lock(&c->mu);
+  uint64_t r = i < c->nchan ? c->chans[i].member_id : 0;
+  pthread_mutex_unlock(&c->mu);
+  return r;
+}
+
 int ec_client_retired(ec_client *c, size_t i) {
   pthread_mutex_lock(&c->mu);
   int r = i < c->nchan && c->chans[i].retired;
@@ -919,8 +927,13 @@ static void unary_done(ec_tag *tag, int ok) {
    * not cancelled by us: it stopped answering (or is very slow); the next
    * calls go to another member. */
   if (k->status != GRPC_STATUS_DEADLINE_EXCEEDED && k->status != GRPC_STATUS_UNAVAILABLE &&
-      k->status != GRPC_STATUS_CANCELLED && k->status != GRPC_STATUS_UNKNOWN)
+      k->status != GRPC_STATUS_CANCELLED && k->status != GRPC_STATUS_UNKNOWN) {
     ec_chan_answered_locked(c, (size_t)k->chan);
+    uint64_t mid;
+    if (k->status == GRPC_STATUS_OK && k->response && (size_t)k->chan < c->nchan &&
+        ec_pb_header_member((const uint8_t *)k->response, k->response_len, &mid) && mid)
+      c->chans[k->chan].member_id = mid;
+  }
   else if (k->status == GRPC_STATUS_DEADLINE_EXCEEDED && k->picked && k->end == EC_END_NORMAL &&
            k->timeout_ms >= 1000 && !c->closed &&
            grpc_channel_check_connectivity_state(c->chans[k->chan].channel, 0) ==
@@ -1065,6 +1078,7 @@ const void *ec_call_response(const ec_call *k, size_t *len) {
   return k->response;
 }
 uint64_t ec_call_token(const ec_call *k) { return k->ready.token; }
+int ec_call_chan(const ec_call *k) { return k->chan; }
 
 void ec_call_release(ec_call *k) {
   /* A call dropped before it finished is cancelled: nobody wants the answer. */

@@ -128,6 +128,9 @@ size_t ec_client_inflight(ec_client *c);
 /* Number of channels passed over now: their member left a call or a
  * keep-alive renewal unanswered past a bound while connected (for specs). */
 size_t ec_client_navoided(ec_client *c);
+/* The member id behind channel i, as the last unary answer from it said;
+ * 0 when none has come. */
+uint64_t ec_client_member_at(ec_client *c, size_t i);
 
 /* Start a unary call. `chan` < 0 lets the client choose the channel.
  * `fail_fast`: fail at once on a channel that cannot connect (its status then
@@ -145,6 +148,8 @@ int ec_call_end(const ec_call *k);    /* EC_END_* */
 const char *ec_call_details(const ec_call *k);
 const void *ec_call_response(const ec_call *k, size_t *len);
 uint64_t ec_call_token(const ec_call *k);
+/* The channel the call went to (0-based). */
+int ec_call_chan(const ec_call *k);
 void ec_call_release(ec_call *k);
 
 /* ---- bidirectional streams ------------------------------------------

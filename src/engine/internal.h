@@ -107,6 +107,8 @@ typedef struct ec_chan {
   /* no longer one of the client's endpoints (ec_client_retire): never
    * picked; kept until the client closes, for the calls still on it */
   int retired;
+  /* the etcd member behind it, from the last answer's header; 0: none yet */
+  uint64_t member_id;
 } ec_chan;
 
 /* How long a member that stopped answering is passed over. */

@@ -92,3 +92,39 @@ int ec_pb_check_depth(const ProtobufCMessageDescriptor *desc,
   walk_state st = {max_depth, 0};
   return walk(desc, data, data + len, 0, &st);
 }
+
+/* Skips one field's value of wire type `wt`: 0, or -1 on malformed bytes. */
+static int skip_value(const uint8_t **p, const uint8_t *end, uint64_t wt) {
+  uint64_t n;
+  switch (wt) {
+  case 0: return read_varint(p, end, &n);
+  case 1: if (end - *p < 8) return -1; *p += 8; return 0;
+  case 5: if (end - *p < 4) return -1; *p += 4; return 0;
+  case 2:
+    if (read_varint(p, end, &n) || n > (uint64_t)(end - *p)) return -1;
+    *p += n;
+    return 0;
+  default: return -1;
+  }
+}
+
+int ec_pb_header_member(const uint8_t *data, size_t len, uint64_t *out) {
+  const uint8_t *p = data, *end = data + len;
+  while (p < end) { /* Go writes field 1 first: one step, as a rule */
+    uint64_t key, n;
+    if (read_varint(&p, end, &key)) return 0;
+    if (key != ((1 << 3) | 2)) {
+      if (skip_value(&p, end, key & 7)) return 0;
+      continue;
+    }
+    if (read_varint(&p, end, &n) || n > (uint64_t)(end - p)) return 0;
+    const uint8_t *q = p, *qend = p + n;
+    while (q < qend) {
+      if (read_varint(&q, qend, &key)) return 0;
+      if (key == ((2 << 3) | 0)) return read_varint(&q, qend, out) == 0;
+      if (skip_value(&q, qend, key & 7)) return 0;
+    }
+    return 0;
+  }
+  return 0;
+}

@@ -21,4 +21,9 @@ enum { EC_PB_OK = 0, EC_PB_TOO_DEEP = 1, EC_PB_MALFORMED = -1 };
 int ec_pb_check_depth(const ProtobufCMessageDescriptor *desc,
                       const uint8_t *data, size_t len, int max_depth);
 
+/* The member_id of the ResponseHeader that every etcd response carries in
+ * field 1 (ResponseHeader.member_id is its field 2): 1 and *out set when the
+ * bytes hold one, 0 otherwise (nothing is decoded but that field). */
+int ec_pb_header_member(const uint8_t *data, size_t len, uint64_t *out);
+
 #endif

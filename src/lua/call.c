@@ -16,6 +16,7 @@
 
 typedef struct lcall {
   ec_call *k;
+  int chan; /* the endpoint it went to, 1-based (kept past the release) */
   const ProtobufCMessageDescriptor *out;
 } lcall;
 
@@ -138,6 +139,7 @@ static int l_unary(lua_State *L) {
   const char *req = lua_tolstring(L, -1, &reqlen);
   lcall *h = lua_newuserdatauv(L, sizeof *h, 0);
   h->k = NULL;
+  h->chan = 0;
   h->out = m->out;
   luaL_setmetatable(L, CALL_MT);
   char err[256];
@@ -146,6 +148,7 @@ static int l_unary(lua_State *L) {
   if (!h->k)
     return lb_push_fail(L, err,
                      ec_client_closed(c) ? "closed" : "INTERNAL");
+  h->chan = ec_call_chan(h->k) + 1;
   return 1;
 }
 
@@ -162,6 +165,13 @@ static int c_done(lua_State *L) {
 static int c_token(lua_State *L) {
   lcall *h = check_call(L);
   lua_pushinteger(L, h->k ? (lua_Integer)ec_call_token(h->k) : 0);
+  return 1;
+}
+
+/* call:chan() -> the endpoint (1-based) the call went to */
+static int c_chan(lua_State *L) {
+  lcall *h = check_call(L);
+  lua_pushinteger(L, h->chan);
   return 1;
 }
 
@@ -244,7 +254,7 @@ const ProtobufCMessageDescriptor *lb_message_by_name(const char *name) {
 void lb_open_call(lua_State *L) {
   static const luaL_Reg methods[] = {{"done", c_done},     {"result", c_result},
                                      {"cancel", c_cancel}, {"token", c_token},
-                                     {NULL, NULL}};
+                                     {"chan", c_chan},     {NULL, NULL}};
   lb_new_class(L, CALL_MT, methods, c_gc, NULL);
   lua_pop(L, 1);
   lb_client_method(L, "_unary", l_unary);

@@ -304,6 +304,17 @@ static int l_current(lua_State *L) {
   return 1;
 }
 
+/* client:_member_at(i) -> the member id behind endpoint i (1-based), as its
+ * last answer said; nil before any */
+static int l_member_at(lua_State *L) {
+  lclient *u = lb_check_client(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  uint64_t mid = u->c && i >= 1 ? ec_client_member_at(u->c, (size_t)(i - 1)) : 0;
+  if (mid) lb_push_id(L, (int64_t)mid, 1);
+  else lua_pushnil(L);
+  return 1;
+}
+
 static int l_navoided(lua_State *L) {
   lclient *u = lb_check_client(L);
   lua_pushinteger(L, u->c ? (lua_Integer)ec_client_navoided(u->c) : 0);
@@ -412,6 +423,7 @@ void lb_open_client(lua_State *L) {
       {"_dial", l_dial},          {"_ready", l_ready},
       {"_wait", l_wait},          {"_inflight", l_inflight},
       {"_navoided", l_navoided}, {"_current", l_current},
+      {"_member_at", l_member_at},
       {"_add_target", l_add_target}, {"_retire", l_retire},
       {"_closed", l_closed},      {"_nstreams", l_nstreams},
       {"_set_metadata", l_set_metadata}, {"_need_auth", l_need_auth},
