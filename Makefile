@@ -157,7 +157,7 @@ spec: all $(TESTSUPPORT) luajit-build
 .PHONY: test-luajit
 test-luajit:
 	$(MAKE) LUA=luajit deps
-	$(MAKE) LUA=luajit all spec BUSTED_ARGS='--exclude-tags=nginx $(BUSTED_ARGS)'
+	LUA_ETCD_SPEC_STOP_SECONDS=20 $(MAKE) LUA=luajit all spec BUSTED_ARGS='--exclude-tags=nginx $(BUSTED_ARGS)'
 
 # The suite under every Lua, one after the other (make test-all LUA_ALL=...
 # for some): each installs its Lua, builds into build/<lua>/ and runs it.
@@ -288,7 +288,7 @@ asan-build:
 
 asan: asan-build
 	@printf '%s\n' '$(ASAN_LUA_FIXED):$(ASAN_LUA_OPTIONS)' > $(ASAN_DIR)/$(LUA).asan-options
-	$(ASAN_ENV) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' \
+	LUA_ETCD_SPEC_STOP_SECONDS=20 $(ASAN_ENV) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' \
 	  LUA_CPATH='$(ASAN_DIR)/?.so;$(ASAN_DIR)/spec/?.so;;' \
 	  $(BUSTED_DIRECT) '--cpath=$(ASAN_DIR)/?.so;$(ASAN_DIR)/spec/?.so;' $(ASAN_KEEP_LIBS) \
 	  --exclude-tags=build,nginx $(BUSTED_ARGS) $(ASAN_SPECS)

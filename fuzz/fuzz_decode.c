@@ -11,7 +11,7 @@
  *
  * Per input, in a fresh lua_State (closed at the end: LeakSanitizer sees every
  * byte freed, and libFuzzer's per-input leak check stays meaningful):
- *   1. ec_pb_check_depth, then pbconv_unpack (which runs it again, as every
+ *   1. ec_pb_check_depth and ec_pb_header_member, then pbconv_unpack (which runs it again, as every
  *      production caller does), inside lua_pcall: a Lua error here is a bug.
  *      Oracles: too deep => the depth message; malformed => "malformed";
  *      protobuf-c accepts the bytes => pbconv_unpack gives a table.
@@ -265,6 +265,9 @@ static int l_run(lua_State *L) {
   const ProtobufCMessageDescriptor *d = j->d;
   int depth = ec_pb_check_depth(d, j->data, j->len, PBCONV_MAX_DEPTH);
   if (depth == EC_PB_OK && !j->faulty) check_decode_cost(j);
+  /* the pump's peek at every answer's header.member_id: any bytes */
+  uint64_t member;
+  if (ec_pb_header_member(j->data, j->len, &member)) CHECK(j->len >= 4, "member id from %zu bytes", j->len);
   int ok = pbconv_unpack(L, d, j->data, j->len);
   int t1 = lua_gettop(L);
   if (!ok) {

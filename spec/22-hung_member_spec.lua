@@ -2,7 +2,12 @@
 -- connections stay open (SIGSTOP): gRPC's keepalive would notice after ~40 s.
 -- The client notices by itself: a call of a second or more that runs out of
 -- time on it, or a keep-alive renewal left unanswered past TTL/3, makes it
--- pass that member over, and calls and keep-alives go on elsewhere.
+-- pass that member over (until it answers a probe again), and calls and
+-- keep-alives go on elsewhere. The member stays stopped for STOP seconds: 50
+-- (the issue's mark; past the 30 s an avoidance used to last), 20 in the
+-- sanitizer and LuaJIT runs (LUA_ETCD_SPEC_STOP_SECONDS), whose point is
+-- memory and the other Lua, not the length.
+local STOP = tonumber(os.getenv("LUA_ETCD_SPEC_STOP_SECONDS")) or 50
 local helpers = require "helpers"
 local core = require "etcd.core"
 
@@ -18,9 +23,9 @@ describe("a member of three that stops answering (SIGSTOP)", function()
   end)
 
   -- Stop member `pick(leader index)`, in use by a new client (first of its
-  -- endpoints), for 20 s of puts with a 1 s deadline; `max_failed` puts may
-  -- fail, none after `settle` seconds.
-  local function stop_one(pick, max_failed, settle)
+  -- endpoints), for STOP seconds of puts with a 1 s deadline; one put may
+  -- fail (the one in flight), none after `settle` seconds.
+  local function stop_one(pick, settle)
     local li = assert(cl:leader_index())
     local fi = pick(li)
     local stopped
@@ -38,7 +43,7 @@ describe("a member of three that stops answering (SIGSTOP)", function()
     cl.members[fi]:pause()
     local t0 = core.now()
     local ok, failed, last_failure, codes, revs = 0, 0, nil, {}, {}
-    while core.now() - t0 < 20 do
+    while core.now() - t0 < STOP do
       local p, msg, code = cli:put("h/k", tostring(ok), { timeout = 1 })
       if p then
         ok = ok + 1
@@ -50,9 +55,11 @@ describe("a member of three that stops answering (SIGSTOP)", function()
         codes[#codes + 1] = tostring(code) .. ": " .. tostring(msg)
       end
     end
-    assert.is_true(failed <= max_failed, table.concat(codes, "\n"))
+    assert.is_true(failed <= 1, table.concat(codes, "\n"))
     assert.is_true(last_failure == nil or last_failure < settle * helpers.slowdown, tostring(last_failure))
     assert.is_true(ok > 20)
+    -- still passed over: it has not answered (a time limit on the avoidance
+    -- would have sent a put back to it, to fail)
     assert.equal(1, cli._core:_navoided())
     -- the lease lived on: renewed through another member all along
     local r = assert(ka:next(5))
@@ -73,6 +80,8 @@ describe("a member of three that stops answering (SIGSTOP)", function()
     w:close()
 
     cl.members[fi]:resume()
+    -- back: it answers a probe, and is a candidate again
+    assert.is_true(helpers.eventually(5, function() return cli._core:_navoided() == 0 end))
     ka:close()
     assert(cli:revoke(l.id))
     cli:close()
@@ -80,17 +89,19 @@ describe("a member of three that stops answering (SIGSTOP)", function()
     cl:wait_healthy()
   end
 
-  it("a follower in use: calls move to another member within one deadline; a lease of TTL 5 kept alive through it survives 20 s; a watch moves and loses nothing #novalgrind", function()
+  it("a follower in use: calls move to another member within one deadline; a lease of TTL 5 kept alive through it survives; a watch moves and loses nothing #novalgrind", function()
     -- stopping a follower costs the cluster no election: what is measured is
     -- the client alone. The put in flight when it stopped runs out of time;
     -- the next goes elsewhere.
-    stop_one(function(li) return li % 3 + 1 end, 1, 1.5)
+    stop_one(function(li) return li % 3 + 1 end, 1.5)
   end)
 
   it("the leader in use: the same once the others elected a leader #novalgrind", function()
-    -- the others need an election (1 s here) before a put succeeds again;
-    -- etcd's new leader extends every lease by its election, and the
-    -- keep-alive stream, moved by its stall, is answered once it is done
-    stop_one(function(li) return li end, 3, 5)
+    -- the others need an election (0.5-1 s here) before a put succeeds
+    -- again: the put in flight times out, and the leader fence holds the
+    -- next until a follower names the new leader. etcd's new leader extends
+    -- every lease by its election, and the keep-alive stream, moved by its
+    -- stall, is answered once it is done
+    stop_one(function(li) return li end, 2.5)
   end)
 end)

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +52,15 @@ struct ec_call {
   char *response;
   size_t response_len;
   char *message;
+  /* the engine's own call (no token, nobody waits): called when it ended,
+   * with c->mu held */
+  void (*hook)(ec_client *c, ec_call *k);
 };
+
+static void call_unlist_locked(ec_client *c, ec_call *k);
+static int internal_call_locked(ec_client *c, const char *path, const void *req,
+                                size_t reqlen, int64_t timeout_ms, int chan,
+                                void (*hook)(ec_client *, ec_call *));
 
 /* ---------------------------------------------------------------------- */
 /* process-wide gRPC start                                                  */
@@ -394,35 +403,21 @@ static int chan_rank(grpc_connectivity_state st) {
  * left a member that had died and come back idle for good: when the member
  * in use died in turn, no other channel was ever ready. (Go's balancer keeps
  * a connection to every endpoint the same way.) */
-static int chan_avoided(ec_client *c, size_t i, gpr_timespec *now, int *have_now) {
-  ec_chan *ch = &c->chans[i];
-  if (!ch->avoid) return 0;
-  if (!*have_now) {
-    *now = ec_now();
-    *have_now = 1;
-  }
-  if (gpr_time_cmp(*now, ch->avoid_until) < 0) return 1;
-  ch->avoid = 0; /* its time is up */
-  return 0;
-}
-
 /* A channel passed over (ec_chan_avoid_locked) ranks below one that is
  * still connecting, above one that failed. */
-static int chan_score(ec_client *c, size_t i, gpr_timespec *now, int *have_now) {
+static int chan_score(ec_client *c, size_t i) {
   if (c->chans[i].retired) return -100;
   int r = chan_rank(grpc_channel_check_connectivity_state(c->chans[i].channel, 1));
-  return chan_avoided(c, i, now, have_now) ? 2 * r - 3 : 2 * r;
+  return c->chans[i].avoid ? 2 * r - 3 : 2 * r;
 }
 
 size_t ec_pick_channel(ec_client *c) {
   size_t pick = c->current;
-  gpr_timespec now;
-  int have_now = 0;
-  int best = chan_score(c, pick, &now, &have_now);
+  int best = chan_score(c, pick);
   if (best == 6) return pick;
   for (size_t k = 1; k < c->nchan; k++) {
     size_t i = (c->current + k) % c->nchan;
-    int r = chan_score(c, i, &now, &have_now);
+    int r = chan_score(c, i);
     if (r > best) {
       best = r;
       pick = i;
@@ -438,23 +433,49 @@ int ec_elsewhere_locked(const ec_client *c) {
   return live > 1;
 }
 
+/* A member passed over is asked how it is (Status, failing fast) every
+ * EC_PROBE_MS, each time with EC_PROBE_MS to answer, until it answers: any
+ * answer ends its avoidance (unary_done). */
+#define EC_PROBE_MS 1000
+
+static void probe_done(ec_client *c, ec_call *k) {
+  ec_chan *ch = &c->chans[k->chan];
+  ch->probing = 0;
+  if (!c->closed && ch->avoid && !ch->retired)
+    ec_timer_set_locked(c, &ch->probe, ec_after_ms(ec_now(), EC_PROBE_MS));
+}
+
+static void probe_fire(ec_client *c, ec_timer *t) {
+  ec_chan *ch = (ec_chan *)((char *)t - offsetof(ec_chan, probe));
+  if (!ch->avoid || ch->retired || ch->probing) return;
+  int i = (int)(ch - c->chans);
+  if (internal_call_locked(c, "/etcdserverpb.Maintenance/Status", "", 0, EC_PROBE_MS, i,
+                           probe_done) == 0)
+    ch->probing = 1;
+  else if (!c->closed)
+    ec_timer_set_locked(c, &ch->probe, ec_after_ms(ec_now(), EC_PROBE_MS));
+}
+
 void ec_chan_avoid_locked(ec_client *c, size_t i) {
   if (i >= c->nchan || !ec_elsewhere_locked(c)) return;
-  c->chans[i].avoid = 1;
-  c->chans[i].avoid_until = ec_after_ms(ec_now(), EC_AVOID_MS);
+  ec_chan *ch = &c->chans[i];
+  ch->avoid = 1;
+  ch->probe.fire = probe_fire;
+  if (!ch->probing && !ch->probe.idx)
+    ec_timer_set_locked(c, &ch->probe, ec_after_ms(ec_now(), EC_PROBE_MS));
   if (c->current == i) ec_pick_channel(c);
 }
 
 void ec_chan_answered_locked(ec_client *c, size_t i) {
-  if (i < c->nchan) c->chans[i].avoid = 0;
+  if (i >= c->nchan) return;
+  c->chans[i].avoid = 0;
+  ec_timer_cancel_locked(c, &c->chans[i].probe);
 }
 
 size_t ec_client_navoided(ec_client *c) {
   size_t n = 0;
   pthread_mutex_lock(&c->mu);
-  gpr_timespec now;
-  int have_now = 0;
-  for (size_t i = 0; i < c->nchan; i++) n += (size_t)chan_avoided(c, i, &now, &have_now);
+  for (size_t i = 0; i < c->nchan; i++) n += (size_t)c->chans[i].avoid;
   pthread_mutex_unlock(&c->mu);
   return n;
 }
@@ -939,31 +960,29 @@ static void unary_done(ec_tag *tag, int ok) {
            grpc_channel_check_connectivity_state(c->chans[k->chan].channel, 0) ==
                GRPC_CHANNEL_READY)
     ec_chan_avoid_locked(c, (size_t)k->chan);
-  if (k->prev) k->prev->next = k->next;
-  else c->inflight = k->next;
-  if (k->next) k->next->prev = k->prev;
-  c->ninflight--;
+  call_unlist_locked(c, k);
   grpc_call *call = k->call;
   k->call = NULL;
   atomic_store(&k->done, 1);
+  if (k->hook) k->hook(c, k);
   ec_ready_locked(c, &k->ready);
   pthread_mutex_unlock(&c->mu);
   grpc_call_unref(call);
   call_unref(k); /* the pump's reference */
 }
 
-ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
-                        size_t reqlen, int64_t timeout_ms, int chan,
-                        int fail_fast, const ec_metadata *md, size_t nmd,
-                        char *err, size_t errlen) {
+/* A call object holding its request and the batch's buffers, with `refs`
+ * references; NULL with err filled when out of memory. */
+static ec_call *call_new(ec_client *c, const void *req, size_t reqlen,
+                         const ec_metadata *md, size_t nmd, int refs, char *err,
+                         size_t errlen) {
   ec_call *k = calloc(1, sizeof *k);
   if (!k) {
     snprintf(err, errlen, "out of memory");
     return NULL;
   }
   k->tag.done = unary_done;
-  k->ready.token = ec_token_new();
-  atomic_init(&k->refs, 2); /* the caller's and the pump's */
+  atomic_init(&k->refs, refs);
   atomic_init(&k->done, 0);
   k->status = GRPC_STATUS_UNKNOWN;
   k->details = grpc_empty_slice();
@@ -973,14 +992,32 @@ ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
   k->client = c;
   int ok;
   k->send_md = ec_md_copy(md, nmd, &ok);
-  if (!ok) goto fail_oom;
-  k->nsend_md = nmd;
+  k->nsend_md = ok ? nmd : 0;
   grpc_slice body = grpc_slice_from_copied_buffer(req, reqlen);
   k->send_buf = grpc_raw_byte_buffer_create(&body, 1);
   grpc_slice_unref(body);
+  if (!ok) {
+    snprintf(err, errlen, "out of memory");
+    batch_cleanup(k);
+    grpc_slice_unref(k->details);
+    atomic_store(&k->refs, 1);
+    call_unref(k);
+    return NULL;
+  }
+  return k;
+}
 
-  grpc_op ops[6];
-  memset(ops, 0, sizeof ops);
+/* A call that never started: gone. */
+static void call_discard(ec_call *k) {
+  batch_cleanup(k);
+  grpc_slice_unref(k->details);
+  atomic_store(&k->refs, 1);
+  call_unref(k);
+}
+
+/* The six operations of a unary call's one batch. */
+static void call_ops(ec_call *k, grpc_op ops[6], int fail_fast) {
+  memset(ops, 0, 6 * sizeof *ops);
   ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
   ops[0].data.send_initial_metadata.count = k->nsend_md;
   ops[0].data.send_initial_metadata.metadata = k->send_md;
@@ -999,60 +1036,108 @@ ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
   ops[5].data.recv_status_on_client.status = &k->status;
   ops[5].data.recv_status_on_client.status_details = &k->details;
   ops[5].data.recv_status_on_client.error_string = &k->error_string;
+}
 
-  /* The call is made and listed (so that close and cancel find it) under
-   * the lock; its batch, the costly part, starts outside it, so that the
-   * pump is not held up meanwhile (with many calls in flight the two
-   * threads fought over the lock on every call). */
-  pthread_mutex_lock(&c->mu);
-  if (c->closed) {
-    pthread_mutex_unlock(&c->mu);
-    snprintf(err, errlen, "client closed");
-    goto fail;
-  }
+/* With c->mu held: make k's grpc_call and list it (close and cancel find
+ * it there); 0, or -1 when gRPC made no call. */
+static int call_create_locked(ec_client *c, ec_call *k, const char *path,
+                              int64_t timeout_ms, int chan) {
   k->call = ec_create_call_locked(c, chan, path, timeout_ms, &k->chan);
   k->picked = chan < 0;
   k->timeout_ms = timeout_ms;
-  if (!k->call) {
-    pthread_mutex_unlock(&c->mu);
-    snprintf(err, errlen, "cannot create a gRPC call");
-    goto fail;
-  }
+  if (!k->call) return -1;
   k->next = c->inflight;
   if (c->inflight) c->inflight->prev = k;
   c->inflight = k;
   c->ninflight++;
+  return 0;
+}
+
+/* With c->mu held: the listed call's batch did not start; unlist it. */
+static void call_unlist_locked(ec_client *c, ec_call *k) {
+  if (k->prev) k->prev->next = k->next;
+  else c->inflight = k->next;
+  if (k->next) k->next->prev = k->prev;
+  c->ninflight--;
+}
+
+ec_call *ec_unary_start(ec_client *c, const char *path, const void *req,
+                        size_t reqlen, int64_t timeout_ms, int chan,
+                        int fail_fast, const ec_metadata *md, size_t nmd,
+                        char *err, size_t errlen) {
+  /* the caller's reference and the pump's */
+  ec_call *k = call_new(c, req, reqlen, md, nmd, 2, err, errlen);
+  if (!k) return NULL;
+  k->ready.token = ec_token_new();
+  grpc_op ops[6];
+  call_ops(k, ops, fail_fast);
+
+  /* The call is made and listed under the lock; its batch, the costly part,
+   * starts outside it, so that the pump is not held up meanwhile (with many
+   * calls in flight the two threads fought over the lock on every call). */
+  pthread_mutex_lock(&c->mu);
+  if (c->closed) {
+    pthread_mutex_unlock(&c->mu);
+    snprintf(err, errlen, "client closed");
+    call_discard(k);
+    return NULL;
+  }
+  if (call_create_locked(c, k, path, timeout_ms, chan)) {
+    pthread_mutex_unlock(&c->mu);
+    snprintf(err, errlen, "cannot create a gRPC call");
+    call_discard(k);
+    return NULL;
+  }
   atomic_fetch_add(&c->starting, 1);
   pthread_mutex_unlock(&c->mu);
 
   grpc_call_error e = grpc_call_start_batch(k->call, ops, 6, &k->tag, NULL);
   if (e != GRPC_CALL_OK) {
     pthread_mutex_lock(&c->mu);
-    if (k->prev) k->prev->next = k->next;
-    else c->inflight = k->next;
-    if (k->next) k->next->prev = k->prev;
-    c->ninflight--;
+    call_unlist_locked(c, k);
     grpc_call *call = k->call;
     k->call = NULL;
     pthread_mutex_unlock(&c->mu);
     grpc_call_unref(call);
     atomic_fetch_sub(&c->starting, 1);
     snprintf(err, errlen, "cannot start a gRPC call (error %d)", (int)e);
-    goto fail;
+    call_discard(k);
+    return NULL;
   }
   /* (the call may have completed already: k stays alive by the caller's
    * reference) */
   atomic_fetch_sub(&c->starting, 1);
   return k;
+}
 
-fail_oom:
-  snprintf(err, errlen, "out of memory");
-fail:
-  batch_cleanup(k);
-  grpc_slice_unref(k->details);
-  atomic_store(&k->refs, 1);
-  call_unref(k);
-  return NULL;
+/* With c->mu held (the pump's timers): a unary call of the engine's own,
+ * failing fast, with the engine streams' metadata (the token); `hook` gets
+ * it, c->mu held, when it ended, closed client included. 0, or -1 when it
+ * could not start (out of memory, closed). */
+static int internal_call_locked(ec_client *c, const char *path, const void *req,
+                                size_t reqlen, int64_t timeout_ms, int chan,
+                                void (*hook)(ec_client *, ec_call *)) {
+  if (c->closed) return -1;
+  ec_metadata md[EC_MAX_METADATA + 1];
+  size_t nmd = ec_stream_md_locked(c, NULL, 0, md, EC_MAX_METADATA + 1);
+  char err[64];
+  ec_call *k = call_new(c, req, reqlen, md, nmd, 1, err, sizeof err); /* the pump's */
+  if (!k) return -1;
+  k->hook = hook;
+  grpc_op ops[6];
+  call_ops(k, ops, 1);
+  if (call_create_locked(c, k, path, timeout_ms, chan)) {
+    call_discard(k);
+    return -1;
+  }
+  if (grpc_call_start_batch(k->call, ops, 6, &k->tag, NULL) != GRPC_CALL_OK) {
+    call_unlist_locked(c, k);
+    grpc_call_unref(k->call);
+    k->call = NULL;
+    call_discard(k);
+    return -1;
+  }
+  return 0;
 }
 
 int ec_call_done(ec_call *k) { return atomic_load(&k->done); }

@@ -101,9 +101,10 @@ typedef struct ec_chan {
   int watching;
   gpr_timespec watch_until;
   /* the member stopped answering (ec_chan_avoid_locked): other channels
-   * are preferred until avoid_until, or until it answers again */
+   * are preferred until it answers again; `probe` asks it meanwhile */
   int avoid;
-  gpr_timespec avoid_until;
+  ec_timer probe;
+  int probing; /* a probe is in flight */
   /* no longer one of the client's endpoints (ec_client_retire): never
    * picked; kept until the client closes, for the calls still on it */
   int retired;
@@ -111,12 +112,11 @@ typedef struct ec_chan {
   uint64_t member_id;
 } ec_chan;
 
-/* How long a member that stopped answering is passed over. */
-#define EC_AVOID_MS 30000
 /* With c->mu held: the member behind channel i left a request unanswered
  * past a bound while its connection stays open (stopped, or hung): calls and
- * engine streams prefer the other channels for EC_AVOID_MS, or until it
- * answers again. With no other channel ready, it is still used. */
+ * engine streams prefer the other channels until it answers again, to our
+ * probes (a Status every second) or anything else. With no other channel
+ * ready, it is still used. */
 void ec_chan_avoid_locked(ec_client *c, size_t i);
 /* With c->mu held: an answer came from channel i. */
 void ec_chan_answered_locked(ec_client *c, size_t i);

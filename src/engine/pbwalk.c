@@ -121,7 +121,8 @@ int ec_pb_header_member(const uint8_t *data, size_t len, uint64_t *out) {
     const uint8_t *q = p, *qend = p + n;
     while (q < qend) {
       if (read_varint(&q, qend, &key)) return 0;
-      if (key == ((2 << 3) | 0)) return read_varint(&q, qend, out) == 0;
+      if (key == (2 << 3)) /* field 2, varint */
+        return read_varint(&q, qend, out) == 0;
       if (skip_value(&q, qend, key & 7)) return 0;
     }
     return 0;
