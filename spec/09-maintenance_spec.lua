@@ -397,17 +397,50 @@ describe("endpoint sync", function()
     assert(cli:put("sync/k", "later"))
   end)
 
-  it("auto_sync_interval: the first call after the interval brings the endpoints up to date", function()
-    local live
-    for i = 2, 3 do if cluster.members[i]:is_running() then live = cluster.members[i] end end
-    local c = assert(etcd.new { endpoints = { live.endpoint }, auto_sync_interval = 0.3 })
-    assert.same({ live.endpoint }, c:endpoints())
-    assert(c:get("sync/k"))
-    assert.equal(1, #c:endpoints()) -- not yet: the interval has not passed
-    helpers.sleep(0.4)
-    assert.equal("later", assert(c:get("sync/k")).kvs[1].value)
-    assert.equal(3, #c:endpoints())
-    c:close()
+  it("auto_sync_interval: the engine keeps the endpoints up to date in the background, with no call made", function()
+    local live = {}
+    for i = 2, 3 do if cluster.members[i]:is_running() then live[#live + 1] = cluster.members[i] end end
+    live[#live + 1] = joined
+    assert.equal(3, #live)
+    -- a follower: its death costs no election (a put forwarded to a dead
+    -- leader is dropped without a word, to time out)
+    local a
+    for _, m in ipairs(live) do
+      local st = assert(cli:status(m.endpoint))
+      if st.leader ~= st.header.member_id then a = a or m end
+    end
+    local c = assert(etcd.new { endpoints = { a.endpoint }, auto_sync_interval = 0.3, timeout = 5 })
+    helpers.defer(c)
+    assert.same({ a.endpoint }, c:endpoints())
+    local w = assert(c:watch("sync/bg"))
+    -- no call is made: the engine asks for the member list by itself
+    assert.is_true(helpers.eventually(10, function() return #c:endpoints() == 3 end), "never synced")
+    local eps = sorted(c:endpoints())
+    assert.same(sorted { live[1].endpoint, live[2].endpoint, live[3].endpoint }, eps)
+    -- the member it was given dies: the watch, with no call made meanwhile,
+    -- moves to a member the engine learned, and sees the next put
+    local a_id = assert(cli:status(a.endpoint)).header.member_id
+    local others = {}
+    for _, m in ipairs(live) do if m ~= a then others[#others + 1] = m.endpoint end end
+    local writer = assert(etcd.new { endpoints = others, timeout = 5 })
+    helpers.defer(writer)
+    a:kill()
+    local p = assert(writer:put("sync/bg", "x"))
+    local r = assert(w:next(15))
+    assert.equal(p.header.revision, r.events[1].kv.mod_revision)
+    -- removed from the cluster, it is dropped by the next sync
+    local removed, msg
+    for _ = 1, 40 do
+      removed, msg = cli:member_remove(a_id)
+      if removed then break end
+      helpers.sleep(0.25)
+    end
+    assert(removed, msg)
+    assert.is_true(helpers.eventually(10, function() return #c:endpoints() == 2 end), "never dropped")
+    assert.is_false(has(c:endpoints(), a.endpoint))
+    assert.is_nil(tostring(c._core):find(a.endpoint, 1, true))
+    assert.equal("x", assert(c:get("sync/bg")).kvs[1].value)
+    w:close()
   end)
 
   it("misuse raises", function()

@@ -22,6 +22,7 @@ end
 -- otherwise, naming it `what` (default: the method's first argument).
 local function endpoint_index(cli, endpoint, fname, what)
   check.arg(endpoint, "string", 1, "endpoint", fname, 3)
+  rpc.view(cli)
   local i = cli._chan[normalize(endpoint)]
   if i then return i end
   check.fail(("%s: %s: %q is not one of the client's endpoints")
@@ -41,6 +42,7 @@ end
 -- fast on a member that is down. Returns, per endpoint index, { res } or
 -- { nil, msg, code }, with `took` (seconds until it was seen done).
 local function each_endpoint(cli, method, req, timeout)
+  rpc.view(cli)
   local cc, md = cli._core, cli._md
   local t0 = wait.now()
   local dl = t0 + timeout
@@ -233,23 +235,20 @@ function M.install(Client)
     if #want == 0 then
       return nil, "etcd: sync: no started member lists a client URL this client can use", "UNAVAILABLE"
     end
+    rpc.view(self)
     for _, ep in ipairs(want) do
       if not self._chan[ep] then
         local i, m2, c2 = self._core:_add_target(ep)
         if not i then return nil, m2, c2 end
-        self._chan[ep], self._ep_of[i] = i, ep
       end
     end
     -- (the new ones are in: a retirement never leaves the client without one)
     for _, ep in ipairs(self._endpoints) do
-      if not seen[ep] then
-        self._core:_retire(self._chan[ep])
-        self._chan[ep] = nil
-      end
+      if not seen[ep] then self._core:_retire(self._chan[ep]) end
     end
-    self._endpoints = want
+    rpc.view(self)
     local copy = {}
-    for i, ep in ipairs(want) do copy[i] = ep end
+    for i, ep in ipairs(self._endpoints) do copy[i] = ep end
     return copy
   end
 

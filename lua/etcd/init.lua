@@ -171,9 +171,12 @@ function etcd.new(opts)
     -- 0 or none: the engine's default (src/engine/client.c)
   }, Client)
   for i, t in ipairs(targets) do self._chan[t], self._ep_of[i] = i, t end
+  self._gen = c:_chan_gen()
   if o.auto_sync_interval and o.auto_sync_interval > 0 then
+    -- the engine syncs in the background (whether or not Lua makes calls);
+    -- calls read the new list when it changed (rpc.view)
     self._sync_every = o.auto_sync_interval
-    self._sync_at = wait.now() + o.auto_sync_interval
+    c:_auto_sync(o.auto_sync_interval)
   end
   local dial = self._dial_timeout
   if dial > 0 then
@@ -255,6 +258,7 @@ end
 --- The endpoints this client uses, as gRPC targets.
 function Client:endpoints()
   check.self(self, Client, "endpoints", 2)
+  rpc.view(self)
   local t = {}
   for i, e in ipairs(self._endpoints) do t[i] = e end
   return t

@@ -182,6 +182,27 @@ local MAX_ATTEMPTS = 100
 -- quorum-many attempts (the others go at once, to the next member).
 local WAIT_BETWEEN, JITTER = 0.025, 0.10
 
+--- The client's view of its endpoints (`_endpoints`: in use, in channel
+-- order; `_chan`: endpoint -> 1-based channel; `_ep_of`: channel ->
+-- endpoint, retired ones included), read again from the engine when its
+-- set changed: auto-sync changes it in the background (the engine's pump),
+-- cli:sync from Lua. The engine's list is the one truth.
+function M.view(cli)
+  local cc = cli._core
+  if cc:_chan_gen() == cli._gen then return end
+  local targets, retired, gen = cc:_targets()
+  local eps, chan, ep_of = {}, {}, {}
+  for i, t in ipairs(targets) do
+    ep_of[i] = t
+    if not retired[i] then
+      eps[#eps + 1] = t
+      chan[t] = i
+    end
+  end
+  if #eps == 0 then return end -- (a closed client's engine lists nothing)
+  cli._endpoints, cli._chan, cli._ep_of, cli._gen = eps, chan, ep_of, gen
+end
+
 --- A unary call on client `cli` (etcd.Client): `timeout` seconds (nil: the
 -- client's default) from now; refused for the token, it logs in again
 -- (shared) and is sent once more within the same deadline. A repeatable
@@ -189,14 +210,7 @@ local WAIT_BETWEEN, JITTER = 0.025, 0.10
 -- that is up) until it succeeds, fails otherwise, or its deadline comes;
 -- only with more than one endpoint, and not when `chan` names the member.
 function M.call(cli, method, req, timeout, chan, ns)
-  -- auto_sync_interval: the first call after the interval refreshes the
-  -- endpoints first (cli:sync); its failure is not this call's
-  if cli._sync_every and not cli._syncing and now() >= cli._sync_at then
-    cli._syncing = true
-    cli._sync_at = now() + cli._sync_every
-    pcall(cli.sync, cli, { timeout = timeout or cli._timeout })
-    cli._syncing = false
-  end
+  if cli._sync_every then M.view(cli) end
   local dl = now() + (timeout or cli._timeout)
   local cc = cli._core
   local repeatable = REPEATABLE[method]

@@ -5,6 +5,7 @@
  */
 #include "internal.h"
 #include "pbwalk.h"
+#include "etcdserverpb/rpc.pb-c.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -550,6 +551,7 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
   grpc_channel_args chargs = {c->nchan_args, args};
 
   c->cq = grpc_completion_queue_create_for_next(NULL);
+  c->tls = cfg->tls != 0;
   grpc_channel_credentials *creds;
   if (cfg->tls) {
     /* Verification is always on: no option turns it off. */
@@ -663,7 +665,6 @@ int ec_client_closed(const ec_client *c) {
 
 long ec_client_pid(const ec_client *c) { return c->pid; }
 int ec_client_fd(const ec_client *c) { return c->efd; }
-size_t ec_client_nchannels(const ec_client *c) { return c->nchan; }
 
 size_t ec_client_current(ec_client *c) {
   pthread_mutex_lock(&c->mu);
@@ -672,28 +673,27 @@ size_t ec_client_current(ec_client *c) {
   return i;
 }
 
-int ec_client_add_target(ec_client *c, const char *target, char *err, size_t errlen) {
-  pthread_mutex_lock(&c->mu);
-  int r = -1;
+/* With c->mu held: see ec_client_add_target. */
+static int add_target_locked(ec_client *c, const char *target, char *err, size_t errlen) {
   if (c->closed) {
     snprintf(err, errlen, "client closed");
-    goto out;
+    return -1;
   }
   for (size_t i = 0; i < c->nchan; i++)
     if (!strcmp(c->chans[i].target, target)) {
+      if (c->chans[i].retired) c->chan_gen++;
       c->chans[i].retired = 0;
-      r = (int)i;
-      goto out;
+      return (int)i;
     }
   if (c->nchan >= EC_MAX_ENDPOINTS) {
     snprintf(err, errlen, "more than %d endpoints", EC_MAX_ENDPOINTS);
-    goto out;
+    return -1;
   }
   ec_chan *ch = &c->chans[c->nchan];
   memset(ch, 0, sizeof *ch);
   if (!(ch->target = strdup(target))) {
     snprintf(err, errlen, "out of memory");
-    goto out;
+    return -1;
   }
   grpc_channel_args chargs = {c->nchan_args, c->chan_args};
   ch->tag.done = chan_watch_done;
@@ -701,32 +701,35 @@ int ec_client_add_target(ec_client *c, const char *target, char *err, size_t err
   ch->channel = grpc_channel_create(ch->target, c->creds, &chargs);
   /* connect now, as etcd.new's dial does for the first ones */
   grpc_channel_check_connectivity_state(ch->channel, 1);
-  r = (int)c->nchan++;
-out:
+  c->chan_gen++;
+  return (int)c->nchan++;
+}
+
+int ec_client_add_target(ec_client *c, const char *target, char *err, size_t errlen) {
+  pthread_mutex_lock(&c->mu);
+  int r = add_target_locked(c, target, err, errlen);
   pthread_mutex_unlock(&c->mu);
   return r;
+}
+
+/* With c->mu held: see ec_client_retire. */
+static int retire_locked(ec_client *c, size_t i) {
+  if (i >= c->nchan) return -1;
+  if (c->chans[i].retired) return 0;
+  if (!ec_elsewhere_locked(c)) return -1;
+  c->chans[i].retired = 1;
+  c->chan_gen++;
+  ec_timer_cancel_locked(c, &c->chans[i].probe);
+  if (c->current == i) ec_pick_channel(c);
+  /* the engine's own streams there (watch, keep-alive) end now and are
+   * opened again elsewhere, as after a break */
+  ec_streams_cancel_engine_on_locked(c, (int)i);
+  return 0;
 }
 
 int ec_client_retire(ec_client *c, size_t i) {
   pthread_mutex_lock(&c->mu);
-  int r = -1;
-  if (i < c->nchan && !c->chans[i].retired && ec_elsewhere_locked(c)) {
-    c->chans[i].retired = 1;
-    if (c->current == i) ec_pick_channel(c);
-    /* the engine's own streams there (watch, keep-alive) end now and are
-     * opened again elsewhere, as after a break */
-    ec_streams_cancel_engine_on_locked(c, (int)i);
-    r = 0;
-  } else if (i < c->nchan && c->chans[i].retired) {
-    r = 0;
-  }
-  pthread_mutex_unlock(&c->mu);
-  return r;
-}
-
-uint64_t ec_client_member_at(ec_client *c, size_t i) {
-  pthread_mutex_lock(&c->mu);
-  uint64_t r = i < c->nchan ? c->chans[i].member_id : 0;
+  int r = retire_locked(c, i);
   pthread_mutex_unlock(&c->mu);
   return r;
 }
@@ -737,8 +740,139 @@ int ec_client_retired(ec_client *c, size_t i) {
   pthread_mutex_unlock(&c->mu);
   return r;
 }
-const char *ec_client_target(const ec_client *c, size_t i) {
-  return i < c->nchan ? c->chans[i].target : NULL;
+
+uint64_t ec_client_chan_gen(ec_client *c) {
+  pthread_mutex_lock(&c->mu);
+  uint64_t g = c->chan_gen;
+  pthread_mutex_unlock(&c->mu);
+  return g;
+}
+
+/* ---------------------------------------------------------------------- */
+/* auto-sync: the endpoints follow etcd's member list, in the background   */
+
+/* The gRPC target of client URL `url` ("http://h:p/" -> "h:p") into buf:
+ * 1, or 0 when its scheme is not the client's (https:// for a TLS client,
+ * anything else for a plaintext one) or it does not fit. cluster.lua's
+ * cli:sync applies the same rule. */
+static int url_target(const char *url, int tls, char *buf, size_t len) {
+  int https = !strncmp(url, "https://", 8);
+  if (https != !!tls) return 0;
+  const char *p = https ? url + 8 : !strncmp(url, "http://", 7) ? url + 7 : url;
+  size_t n = strlen(p);
+  if (n && p[n - 1] == '/') n--;
+  if (n == 0 || n >= len) return 0;
+  memcpy(buf, p, n);
+  buf[n] = 0;
+  return 1;
+}
+
+#define EC_TARGET_MAX 256
+
+/* With c->mu held: the client's endpoints become the client URLs of the
+ * started voting members in MemberList answer `data` (as cli:sync does):
+ * new ones get a channel, those no longer listed are retired. */
+static void sync_apply_locked(ec_client *c, const uint8_t *data, size_t len) {
+  if (ec_pb_check_depth(&etcdserverpb__member_list_response__descriptor, data, len, 8) !=
+      EC_PB_OK)
+    return;
+  Etcdserverpb__MemberListResponse *r =
+      etcdserverpb__member_list_response__unpack(NULL, len, data);
+  if (!r) return;
+  static char want[EC_MAX_ENDPOINTS][EC_TARGET_MAX]; /* the pump's alone */
+  size_t nwant = 0;
+  for (size_t i = 0; i < r->n_members; i++) {
+    const Etcdserverpb__Member *m = r->members[i];
+    if (!m->name || !*m->name || m->islearner) continue;
+    for (size_t u = 0; u < m->n_clienturls && nwant < EC_MAX_ENDPOINTS; u++) {
+      if (!url_target(m->clienturls[u], c->tls, want[nwant], EC_TARGET_MAX)) continue;
+      size_t k = 0;
+      while (k < nwant && strcmp(want[k], want[nwant])) k++;
+      if (k == nwant) nwant++;
+    }
+  }
+  etcdserverpb__member_list_response__free_unpacked(r, NULL);
+  if (!nwant) return;
+  char err[64];
+  for (size_t k = 0; k < nwant; k++) (void)add_target_locked(c, want[k], err, sizeof err);
+  /* (the new ones are in: a retirement never leaves the client without one) */
+  for (size_t i = 0; i < c->nchan; i++) {
+    if (c->chans[i].retired) continue;
+    size_t k = 0;
+    while (k < nwant && strcmp(want[k], c->chans[i].target)) k++;
+    if (k == nwant) (void)retire_locked(c, i);
+  }
+}
+
+static void sync_fire(ec_client *c, ec_timer *t);
+
+static void sync_done(ec_client *c, ec_call *k) {
+  c->syncing = 0;
+  if (c->closed || !c->sync_ms) return;
+  if (k->status == GRPC_STATUS_OK && k->response)
+    sync_apply_locked(c, (const uint8_t *)k->response, k->response_len);
+  c->sync_timer.fire = sync_fire;
+  ec_timer_set_locked(c, &c->sync_timer, ec_after_ms(ec_now(), c->sync_ms));
+}
+
+/* Go's autoSync asks with 5 s to answer. */
+#define EC_SYNC_TIMEOUT_MS 5000
+
+static void sync_fire(ec_client *c, ec_timer *t) {
+  (void)t;
+  if (c->syncing || !c->sync_ms) return;
+  if (internal_call_locked(c, "/etcdserverpb.Cluster/MemberList", "", 0, EC_SYNC_TIMEOUT_MS,
+                           -1, sync_done) == 0)
+    c->syncing = 1;
+  else if (!c->closed)
+    ec_timer_set_locked(c, &c->sync_timer, ec_after_ms(ec_now(), c->sync_ms));
+}
+
+static void kick_done(ec_tag *tag, int ok) {
+  (void)tag;
+  (void)ok;
+}
+static ec_tag kick_tag = {kick_done};
+
+/* With c->mu held, on a thread other than the pump: the pump sleeps until
+ * the earliest timer it knew of, or a completion; a connectivity watch that
+ * is due at once is one. */
+static void kick_pump_locked(ec_client *c) {
+  if (c->closed || !c->nchan || !c->chans[0].channel) return;
+  grpc_channel *ch = c->chans[0].channel;
+  grpc_channel_watch_connectivity_state(ch, grpc_channel_check_connectivity_state(ch, 0),
+                                        gpr_now(GPR_CLOCK_MONOTONIC), c->cq, &kick_tag);
+}
+
+void ec_client_auto_sync(ec_client *c, int64_t ms) {
+  pthread_mutex_lock(&c->mu);
+  c->sync_ms = ms > 0 ? ms : 0;
+  c->sync_timer.fire = sync_fire;
+  if (c->closed || !c->sync_ms) {
+    ec_timer_cancel_locked(c, &c->sync_timer);
+  } else if (!c->syncing) {
+    ec_timer_set_locked(c, &c->sync_timer, ec_after_ms(ec_now(), c->sync_ms));
+    kick_pump_locked(c); /* this may be its earliest timer now */
+  }
+  pthread_mutex_unlock(&c->mu);
+}
+
+uint64_t ec_client_member_at(ec_client *c, size_t i) {
+  pthread_mutex_lock(&c->mu);
+  uint64_t r = i < c->nchan ? c->chans[i].member_id : 0;
+  pthread_mutex_unlock(&c->mu);
+  return r;
+}
+
+size_t ec_client_targets(ec_client *c, const char **target, int *retired) {
+  pthread_mutex_lock(&c->mu);
+  size_t n = c->nchan;
+  for (size_t i = 0; i < n; i++) {
+    target[i] = c->chans[i].target;
+    retired[i] = c->chans[i].retired;
+  }
+  pthread_mutex_unlock(&c->mu);
+  return n;
 }
 
 int ec_client_set_metadata(ec_client *c, const ec_metadata *md, size_t n) {

@@ -71,7 +71,6 @@ void ec_client_release(ec_client *c);
 int ec_client_closed(const ec_client *c);
 long ec_client_pid(const ec_client *c);
 int ec_client_fd(const ec_client *c);
-size_t ec_client_nchannels(const ec_client *c);
 /* The channel the next call would go to (0-based). */
 size_t ec_client_current(ec_client *c);
 /* A channel to one more endpoint (the same credentials and settings as the
@@ -83,7 +82,10 @@ int ec_client_add_target(ec_client *c, const char *target, char *err, size_t err
  * finish. Refused (-1) when it is the last one not retired. */
 int ec_client_retire(ec_client *c, size_t i);
 int ec_client_retired(ec_client *c, size_t i);
-const char *ec_client_target(const ec_client *c, size_t i);
+/* Every channel's target (0-based index; the strings live as long as the
+ * client) and whether it is retired, into arrays of EC_MAX_ENDPOINTS:
+ * returns how many, all read at one moment. */
+size_t ec_client_targets(ec_client *c, const char **target, int *retired);
 
 /* Start connecting every channel and watch them until `timeout_ms` from now;
  * each state change signals the fd. */
@@ -128,6 +130,14 @@ size_t ec_client_inflight(ec_client *c);
 /* Number of channels passed over now: their member left a call or a
  * keep-alive renewal unanswered past a bound while connected (for specs). */
 size_t ec_client_navoided(ec_client *c);
+/* Counts the changes to the set of endpoints (added, retired, taken back):
+ * whoever caches the list reads it again when this moved. */
+uint64_t ec_client_chan_gen(ec_client *c);
+/* Every `ms` (0: stop), the engine asks a member for etcd's member list and
+ * makes the client's endpoints the client URLs of the started voting
+ * members (new ones get a channel, those no longer listed are retired),
+ * whether or not Lua is making calls. */
+void ec_client_auto_sync(ec_client *c, int64_t ms);
 /* The member id behind channel i, as the last unary answer from it said;
  * 0 when none has come. */
 uint64_t ec_client_member_at(ec_client *c, size_t i);

@@ -221,6 +221,12 @@ struct ec_client {
   const ec_manager *managers[EC_MAX_MANAGERS]; /* registered, in order */
   size_t nmanagers;
   size_t max_send; /* the channels' send limit, bytes */
+  int tls;          /* https:// endpoints (auto-sync keeps to those) */
+  uint64_t chan_gen; /* counts changes to the set of endpoints */
+  /* auto-sync: a MemberList of the engine's own every sync_ms (0: off) */
+  int64_t sync_ms;
+  ec_timer sync_timer;
+  int syncing; /* one in flight */
 };
 
 /* Client metadata plus `extra`, into out[] (at most `max`); with c->mu held.

@@ -180,11 +180,14 @@ static int l_tostring(lua_State *L) {
   luaL_buffinit(L, &b);
   luaL_addstring(&b, "etcd.client (");
   int first = 1;
-  for (size_t i = 0; i < ec_client_nchannels(u->c); i++) {
-    if (ec_client_retired(u->c, i)) continue;
+  const char *target[EC_MAX_ENDPOINTS];
+  int retired[EC_MAX_ENDPOINTS];
+  size_t n = ec_client_targets(u->c, target, retired);
+  for (size_t i = 0; i < n; i++) {
+    if (retired[i]) continue;
     if (!first) luaL_addstring(&b, ", ");
     first = 0;
-    luaL_addstring(&b, ec_client_target(u->c, i));
+    luaL_addstring(&b, target[i]);
   }
   luaL_addstring(&b, ec_client_closed(u->c) ? "; closed)" : ")");
   lua_pushfstring(L, ": %p", (void *)u);
@@ -301,6 +304,46 @@ static int l_retire(lua_State *L) {
 static int l_current(lua_State *L) {
   lclient *u = lb_check_client(L);
   lua_pushinteger(L, u->c ? (lua_Integer)ec_client_current(u->c) + 1 : 1);
+  return 1;
+}
+
+/* client:_targets() -> { [i] = target }, { [i] = true when retired },
+ * generation: every channel (1-based), read at one moment; the generation
+ * (client:_chan_gen()) moves whenever the set changes */
+static int l_targets(lua_State *L) {
+  lclient *u = lb_check_client(L);
+  const char *target[EC_MAX_ENDPOINTS];
+  int retired[EC_MAX_ENDPOINTS];
+  uint64_t gen = u->c ? ec_client_chan_gen(u->c) : 0;
+  size_t n = u->c ? ec_client_targets(u->c, target, retired) : 0;
+  lua_createtable(L, (int)n, 0);
+  lua_createtable(L, 0, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_pushstring(L, target[i]);
+    lua_rawseti(L, -3, (lua_Integer)i + 1);
+    if (retired[i]) {
+      lua_pushboolean(L, 1);
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+  }
+  lua_pushinteger(L, (lua_Integer)gen);
+  return 3;
+}
+
+static int l_chan_gen(lua_State *L) {
+  lclient *u = lb_check_client(L);
+  lua_pushinteger(L, u->c ? (lua_Integer)ec_client_chan_gen(u->c) : 0);
+  return 1;
+}
+
+/* client:_auto_sync(seconds): the engine syncs the endpoints every
+ * `seconds` (0: never) */
+static int l_auto_sync(lua_State *L) {
+  int nret;
+  ec_client *c = lb_live_client(L, &nret);
+  if (!c) return nret;
+  ec_client_auto_sync(c, lb_opt_ms(L, 2, 0));
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -423,7 +466,8 @@ void lb_open_client(lua_State *L) {
       {"_dial", l_dial},          {"_ready", l_ready},
       {"_wait", l_wait},          {"_inflight", l_inflight},
       {"_navoided", l_navoided}, {"_current", l_current},
-      {"_member_at", l_member_at},
+      {"_member_at", l_member_at}, {"_targets", l_targets},
+      {"_chan_gen", l_chan_gen},  {"_auto_sync", l_auto_sync},
       {"_add_target", l_add_target}, {"_retire", l_retire},
       {"_closed", l_closed},      {"_nstreams", l_nstreams},
       {"_set_metadata", l_set_metadata}, {"_need_auth", l_need_auth},
