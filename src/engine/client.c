@@ -787,7 +787,7 @@ static void sync_apply_locked(ec_client *c, const uint8_t *data, size_t len) {
     for (size_t u = 0; u < m->n_clienturls && nwant < EC_MAX_ENDPOINTS; u++) {
       if (!url_target(m->clienturls[u], c->tls, want[nwant], EC_TARGET_MAX)) continue;
       size_t k = 0;
-      while (k < nwant && strcmp(want[k], want[nwant])) k++;
+      while (k < nwant && strcmp(want[k], want[nwant]) != 0) k++;
       if (k == nwant) nwant++;
     }
   }
@@ -799,7 +799,7 @@ static void sync_apply_locked(ec_client *c, const uint8_t *data, size_t len) {
   for (size_t i = 0; i < c->nchan; i++) {
     if (c->chans[i].retired) continue;
     size_t k = 0;
-    while (k < nwant && strcmp(want[k], c->chans[i].target)) k++;
+    while (k < nwant && strcmp(want[k], c->chans[i].target) != 0) k++;
     if (k == nwant) (void)retire_locked(c, i);
   }
 }
