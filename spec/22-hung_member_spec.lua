@@ -25,9 +25,11 @@ describe("a member of three that stops answering (SIGSTOP)", function()
 
   -- Stop member `pick(leader index)`, in use by a new client (first of its
   -- endpoints), for STOP seconds of puts with a 1 s deadline from WRITERS
-  -- coroutines, watched by WATCHES watches: each writer may see one put fail
-  -- (the one in flight), none after `settle` seconds.
-  local WRITERS, WATCHES = 4, 10
+  -- coroutines (a put every 20 ms each for the first 10 s, then every 0.5 s:
+  -- what each watch must verify stays small), watched by WATCHES watches:
+  -- each writer may see one put fail (the one in flight), none after
+  -- `settle` seconds.
+  local WRITERS, WATCHES = 4, 50
   local function stop_one(pick, settle)
     local li = assert(cl:leader_index())
     local fi = pick(li)
@@ -60,7 +62,7 @@ describe("a member of three that stops answering (SIGSTOP)", function()
             last_failure = core.now() - t0
             table.insert(failures[wr], tostring(code) .. ": " .. tostring(msg))
           end
-          etcd.sleep(0.02)
+          etcd.sleep(core.now() - t0 < 10 and 0.02 or 0.5)
         end
       end)
     end
