@@ -95,12 +95,7 @@ describe("cluster and maintenance", function()
       assert.is_false(assert(one:status(m.endpoint)).is_learner)
       one:close()
     end)
-    local removed, rmsg
-    for _ = 1, 40 do -- etcd refuses a removal that would leave it unhealthy for a moment
-      removed, rmsg = cli:member_remove(id)
-      if removed then break end
-      helpers.sleep(0.25)
-    end
+    local removed, rmsg = helpers.member_remove(cli, id)
     m:stop()
     assert(ok, err)
     assert(removed, rmsg)
@@ -381,13 +376,7 @@ describe("endpoint sync", function()
     assert(cli:put("sync/k", "after"))
     assert.equal("after", assert(cli:get("sync/k")).kvs[1].value)
     -- and once removed from the cluster, sync drops it
-    local removed
-    for _ = 1, 40 do
-      removed, msg = cli:member_remove(first_id)
-      if removed then break end
-      helpers.sleep(0.25)
-    end
-    assert(removed, msg)
+    assert(helpers.member_remove(cli, first_id))
     eps = assert(cli:sync())
     assert.equal(3, #eps)
     assert.is_false(has(eps, first.endpoint))
@@ -429,13 +418,7 @@ describe("endpoint sync", function()
     local r = assert(w:next(15))
     assert.equal(p.header.revision, r.events[1].kv.mod_revision)
     -- removed from the cluster, it is dropped by the next sync
-    local removed, msg
-    for _ = 1, 40 do
-      removed, msg = cli:member_remove(a_id)
-      if removed then break end
-      helpers.sleep(0.25)
-    end
-    assert(removed, msg)
+    assert(helpers.member_remove(cli, a_id))
     assert.is_true(helpers.eventually(10, function() return #c:endpoints() == 2 end), "never dropped")
     assert.is_false(has(c:endpoints(), a.endpoint))
     assert.is_nil(tostring(c._core):find(a.endpoint, 1, true))

@@ -91,16 +91,7 @@ describe("a leader kill under load", function()
     local want = {}
     for _, kv in ipairs(all.kvs) do want[#want + 1] = kv.mod_revision end
     table.sort(want)
-    for i, w in ipairs(watches) do
-      local seen = {}
-      while #seen < #want do
-        local r = assert(w:next(10))
-        for _, e in ipairs(r.events) do seen[#seen + 1] = e.kv.mod_revision end
-      end
-      assert.same(want, seen, "watch " .. i)
-      assert.is_nil(w:next(0.2))
-      w:close()
-    end
+    helpers.assert_watches_saw(watches, want)
     -- the lease lived through it
     assert.is_true(assert(cli:time_to_live(l.id)).ttl > 0)
     assert(ka:next(5))

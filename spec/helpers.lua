@@ -219,6 +219,35 @@ function M.until_true(pred, limit)
   end
 end
 
+-- cli:member_remove(id), asked again every 0.25 s for 10 s while etcd
+-- refuses it (a removal that would leave it unhealthy for a moment):
+-- its result, or nil, msg from the last try.
+function M.member_remove(cli, id)
+  local removed, msg
+  for _ = 1, 40 do
+    removed, msg = cli:member_remove(id)
+    if removed then break end
+    M.sleep(0.25)
+  end
+  return removed, msg
+end
+
+-- Each of the watches `ws` sees exactly `revs` (sorted mod revisions), in
+-- order, and nothing after; each is closed.
+function M.assert_watches_saw(ws, revs)
+  local luassert = require "luassert"
+  for i, w in ipairs(ws) do
+    local seen = {}
+    while #seen < #revs do
+      local r = assert(w:next(10))
+      for _, e in ipairs(r.events) do seen[#seen + 1] = e.kv.mod_revision end
+    end
+    luassert.same(revs, seen, "watch " .. i)
+    luassert.is_nil(w:next(0.2))
+    w:close()
+  end
+end
+
 -- How many keys start with `pfx` (a count-only get on client `cli`).
 function M.count(cli, pfx)
   return assert(cli:get(pfx, { prefix = true, count_only = true })).count

@@ -779,7 +779,11 @@ static void sync_apply_locked(ec_client *c, const uint8_t *data, size_t len) {
   Etcdserverpb__MemberListResponse *r =
       etcdserverpb__member_list_response__unpack(NULL, len, data);
   if (!r) return;
-  static char want[EC_MAX_ENDPOINTS][EC_TARGET_MAX]; /* the pump's alone */
+  char(*want)[EC_TARGET_MAX] = malloc(EC_MAX_ENDPOINTS * sizeof *want);
+  if (!want) {
+    etcdserverpb__member_list_response__free_unpacked(r, NULL);
+    return;
+  }
   size_t nwant = 0;
   for (size_t i = 0; i < r->n_members; i++) {
     const Etcdserverpb__Member *m = r->members[i];
@@ -792,7 +796,10 @@ static void sync_apply_locked(ec_client *c, const uint8_t *data, size_t len) {
     }
   }
   etcdserverpb__member_list_response__free_unpacked(r, NULL);
-  if (!nwant) return;
+  if (!nwant) {
+    free(want);
+    return;
+  }
   char err[64];
   for (size_t k = 0; k < nwant; k++) (void)add_target_locked(c, want[k], err, sizeof err);
   /* (the new ones are in: a retirement never leaves the client without one) */
@@ -802,6 +809,7 @@ static void sync_apply_locked(ec_client *c, const uint8_t *data, size_t len) {
     while (k < nwant && strcmp(want[k], c->chans[i].target) != 0) k++;
     if (k == nwant) (void)retire_locked(c, i);
   }
+  free(want);
 }
 
 static void sync_fire(ec_client *c, ec_timer *t);
