@@ -157,7 +157,7 @@ spec: all $(TESTSUPPORT) luajit-build
 .PHONY: test-luajit
 test-luajit:
 	$(MAKE) LUA=luajit deps
-	LUA_ETCD_SPEC_STOP_SECONDS=20 $(MAKE) LUA=luajit all spec BUSTED_ARGS='--exclude-tags=nginx $(BUSTED_ARGS)'
+	LUA_ETCD_SPEC_STOP_SECONDS=20 $(MAKE) LUA=luajit all spec BUSTED_ARGS='--exclude-tags=nginx,scale $(BUSTED_ARGS)'
 
 # The suite under every Lua, one after the other (make test-all LUA_ALL=...
 # for some): each installs its Lua, builds into build/<lua>/ and runs it.

@@ -337,10 +337,13 @@ describe("endpoint sync", function()
     return false
   end
 
-  it("cli:sync: one endpoint given, it learns the others, then a member added later, and drops one removed", function()
+  it("cli:sync and auto-sync: one endpoint given, it learns the others, then a member added later, and drops one removed", function()
     local first = cluster.members[1]
     cli = assert(etcd.new { endpoints = { first.endpoint }, timeout = 5 })
     assert.same({ first.endpoint }, cli:endpoints())
+    -- beside it, a client that makes no call and syncs in the background
+    local bg = assert(etcd.new { endpoints = { first.endpoint }, auto_sync_interval = 0.3 })
+    helpers.defer(bg)
     local eps = assert(cli:sync())
     assert.same(sorted(cluster.endpoints), sorted(eps))
     assert.same(eps, cli:endpoints())
@@ -362,6 +365,9 @@ describe("endpoint sync", function()
     end), "the new member never showed up")
     assert.equal(4, #cli:endpoints())
     assert.equal(added.member.id, assert(cli:status(joined.endpoint)).header.member_id)
+    assert.is_true(helpers.eventually(10, function() return has(bg:endpoints(), joined.endpoint) end),
+      "auto-sync never picked up the fourth member")
+    assert.equal(4, #bg:endpoints())
     -- the new member has caught up: once `first` is gone, the quorum (3 of
     -- 4) needs it (on a loaded machine it can still be replaying the log)
     local first_st = assert(cli:status(first.endpoint))
@@ -380,6 +386,9 @@ describe("endpoint sync", function()
     eps = assert(cli:sync())
     assert.equal(3, #eps)
     assert.is_false(has(eps, first.endpoint))
+    assert.is_true(helpers.eventually(10, function() return not has(bg:endpoints(), first.endpoint) end),
+      "auto-sync never dropped the removed member")
+    assert.same(sorted(eps), sorted(bg:endpoints()))
     assert.has_error(function() cli:status(first.endpoint) end,
       ("status: bad argument #1 (endpoint): %q is not one of the client's endpoints"):format(first.endpoint))
     assert.is_nil(tostring(cli._core):find(first.endpoint, 1, true))

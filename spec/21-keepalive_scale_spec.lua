@@ -57,7 +57,7 @@ describe("keep-alives at scale", function()
   local cli
   helpers.etcd_fixture(function(_, c) cli = c end)
 
-  it("20,000 leases with TTL 10 started at once: every first answer in, none lost, etcd holds them all two TTLs later #novalgrind", function()
+  it("20,000 leases with TTL 10 started at once: every first answer in, none lost, etcd holds them all two TTLs later #novalgrind #scale", function()
     local ids = grant_all(cli, N, 10)
     local kas = {}
     for i = 1, N do kas[i] = assert(cli:keepalive(ids[i])) end
@@ -119,7 +119,7 @@ describe("keep-alives at scale across a leader kill", function()
     if cl then cl:stop() end
   end)
 
-  it("20,000 leases with TTL 10 held by one client: none lost, the streams move once, no burst of re-sends #novalgrind", function()
+  it("20,000 leases with TTL 10 held by one client: none lost, the streams move once, no burst of re-sends #novalgrind #scale", function()
     local li = assert(cl:leader_index())
     -- in use on the leader: the client's streams start there
     local leader_id

@@ -3,10 +3,11 @@
 -- The client notices by itself: a call of a second or more that runs out of
 -- time on it, or a keep-alive renewal left unanswered past TTL/3, makes it
 -- pass that member over (until it answers a probe again), and calls and
--- keep-alives go on elsewhere. The member stays stopped for STOP seconds: 50
+-- keep-alives go on elsewhere. The leader stays stopped for STOP seconds: 50
 -- (the issue's mark; past the 30 s an avoidance used to last), 20 in the
 -- sanitizer and LuaJIT runs (LUA_ETCD_SPEC_STOP_SECONDS), whose point is
--- memory and the other Lua, not the length.
+-- memory and the other Lua, not the length. The follower, 20 s: the same
+-- code keeps either passed over, and CI's 45 minutes are short.
 local STOP = tonumber(os.getenv("LUA_ETCD_SPEC_STOP_SECONDS")) or 50
 local helpers = require "helpers"
 local core = require "etcd.core"
@@ -24,13 +25,13 @@ describe("a member of three that stops answering (SIGSTOP)", function()
   end)
 
   -- Stop member `pick(leader index)`, in use by a new client (first of its
-  -- endpoints), for STOP seconds of puts with a 1 s deadline from WRITERS
+  -- endpoints), for `seconds` of puts with a 1 s deadline from WRITERS
   -- coroutines (a put every 20 ms each for the first 10 s, then every 0.5 s:
   -- what each watch must verify stays small), watched by WATCHES watches:
   -- each writer may see one put fail (the one in flight), none after
   -- `settle` seconds.
   local WRITERS, WATCHES = 4, 50
-  local function stop_one(pick, settle)
+  local function stop_one(pick, settle, seconds)
     local li = assert(cl:leader_index())
     local fi = pick(li)
     local stopped
@@ -53,7 +54,7 @@ describe("a member of three that stops answering (SIGSTOP)", function()
     for wr = 1, WRITERS do
       failures[wr] = {}
       tasks[wr] = etcd.spawn(function()
-        while core.now() - t0 < STOP do
+        while core.now() - t0 < seconds do
           local p, msg, code = cli:put("h/k", tostring(ok), { timeout = 1 })
           if p then
             ok = ok + 1
@@ -100,7 +101,7 @@ describe("a member of three that stops answering (SIGSTOP)", function()
     -- stopping a follower costs the cluster no election: what is measured is
     -- the client alone. The put in flight when it stopped runs out of time;
     -- the next goes elsewhere.
-    stop_one(function(li) return li % 3 + 1 end, 1.5)
+    stop_one(function(li) return li % 3 + 1 end, 1.5, math.min(STOP, 20))
   end)
 
   it("the leader in use: the same once the others elected a leader #novalgrind", function()
@@ -109,6 +110,6 @@ describe("a member of three that stops answering (SIGSTOP)", function()
     -- next until a follower names the new leader. etcd's new leader extends
     -- every lease by its election, and the keep-alive stream, moved by its
     -- stall, is answered once it is done
-    stop_one(function(li) return li end, 2.5)
+    stop_one(function(li) return li end, 2.5, STOP)
   end)
 end)
