@@ -163,15 +163,12 @@ function etcd.new(opts)
     _core = c,
     _timeout = o.timeout or 10,
     _ns = o.namespace or "",
-    _endpoints = targets,
-    _chan = {},   -- endpoint -> 1-based channel index (cli:sync adds channels)
-    _ep_of = {},  -- channel index -> endpoint
+    _gen = false, -- rpc.view: _endpoints, _chan, _ep_of, read from the engine
     _tls = tls and true or false,
     _dial_timeout = o.dial_timeout or 5,
     -- 0 or none: the engine's default (src/engine/client.c)
   }, Client)
-  for i, t in ipairs(targets) do self._chan[t], self._ep_of[i] = i, t end
-  self._gen = c:_chan_gen()
+  rpc.view(self)
   if o.auto_sync_interval and o.auto_sync_interval > 0 then
     -- the engine syncs in the background (whether or not Lua makes calls);
     -- calls read the new list when it changed (rpc.view)

@@ -734,13 +734,6 @@ int ec_client_retire(ec_client *c, size_t i) {
   return r;
 }
 
-int ec_client_retired(ec_client *c, size_t i) {
-  pthread_mutex_lock(&c->mu);
-  int r = i < c->nchan && c->chans[i].retired;
-  pthread_mutex_unlock(&c->mu);
-  return r;
-}
-
 uint64_t ec_client_chan_gen(ec_client *c) {
   pthread_mutex_lock(&c->mu);
   uint64_t g = c->chan_gen;
@@ -812,14 +805,11 @@ static void sync_apply_locked(ec_client *c, const uint8_t *data, size_t len) {
   free(want);
 }
 
-static void sync_fire(ec_client *c, ec_timer *t);
-
 static void sync_done(ec_client *c, ec_call *k) {
   c->syncing = 0;
   if (c->closed || !c->sync_ms) return;
   if (k->status == GRPC_STATUS_OK && k->response)
     sync_apply_locked(c, (const uint8_t *)k->response, k->response_len);
-  c->sync_timer.fire = sync_fire;
   ec_timer_set_locked(c, &c->sync_timer, ec_after_ms(ec_now(), c->sync_ms));
 }
 
@@ -1113,6 +1103,14 @@ static void unary_done(ec_tag *tag, int ok) {
   call_unref(k); /* the pump's reference */
 }
 
+/* A call that never started: gone. */
+static void call_discard(ec_call *k) {
+  batch_cleanup(k);
+  grpc_slice_unref(k->details);
+  atomic_store(&k->refs, 1);
+  call_unref(k);
+}
+
 /* A call object holding its request and the batch's buffers, with `refs`
  * references; NULL with err filled when out of memory. */
 static ec_call *call_new(ec_client *c, const void *req, size_t reqlen,
@@ -1140,21 +1138,10 @@ static ec_call *call_new(ec_client *c, const void *req, size_t reqlen,
   grpc_slice_unref(body);
   if (!ok) {
     snprintf(err, errlen, "out of memory");
-    batch_cleanup(k);
-    grpc_slice_unref(k->details);
-    atomic_store(&k->refs, 1);
-    call_unref(k);
+    call_discard(k);
     return NULL;
   }
   return k;
-}
-
-/* A call that never started: gone. */
-static void call_discard(ec_call *k) {
-  batch_cleanup(k);
-  grpc_slice_unref(k->details);
-  atomic_store(&k->refs, 1);
-  call_unref(k);
 }
 
 /* The six operations of a unary call's one batch. */
@@ -1195,7 +1182,8 @@ static int call_create_locked(ec_client *c, ec_call *k, const char *path,
   return 0;
 }
 
-/* With c->mu held: the listed call's batch did not start; unlist it. */
+/* With c->mu held: take k off the list of calls in flight (it ended, or its
+ * batch did not start). */
 static void call_unlist_locked(ec_client *c, ec_call *k) {
   if (k->prev) k->prev->next = k->next;
   else c->inflight = k->next;

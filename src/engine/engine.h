@@ -81,7 +81,6 @@ int ec_client_add_target(ec_client *c, const char *target, char *err, size_t err
  * there any more (the engine's streams on it move now); calls already on it
  * finish. Refused (-1) when it is the last one not retired. */
 int ec_client_retire(ec_client *c, size_t i);
-int ec_client_retired(ec_client *c, size_t i);
 /* Every channel's target (0-based index; the strings live as long as the
  * client) and whether it is retired, into arrays of EC_MAX_ENDPOINTS:
  * returns how many, all read at one moment. */

@@ -44,56 +44,8 @@ static int repeated_singular(const ProtobufCMessageDescriptor *desc,
   return again;
 }
 
-static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
-                const uint8_t *end, int depth, walk_state *st) {
-  uint64_t seen = 0; /* singular sub-message fields met, by field index */
-  while (p < end) {
-    uint64_t key, n;
-    if (read_varint(&p, end, &key)) return EC_PB_MALFORMED;
-    uint32_t number = (uint32_t)(key >> 3);
-    if (number == 0 || key >> 32) return EC_PB_MALFORMED;
-    switch (key & 7) {
-    case 0: /* varint */
-      if (read_varint(&p, end, &n)) return EC_PB_MALFORMED;
-      break;
-    case 1: /* 64-bit */
-      if (end - p < 8) return EC_PB_MALFORMED;
-      p += 8;
-      break;
-    case 5: /* 32-bit */
-      if (end - p < 4) return EC_PB_MALFORMED;
-      p += 4;
-      break;
-    case 2: { /* length-delimited */
-      if (read_varint(&p, end, &n) || n > (uint64_t)(end - p))
-        return EC_PB_MALFORMED;
-      const ProtobufCFieldDescriptor *f =
-          desc ? protobuf_c_message_descriptor_get_field(desc, number) : NULL;
-      if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
-        if (depth + 1 > st->max_depth) return EC_PB_TOO_DEEP;
-        if (repeated_singular(desc, f, &seen) &&
-            ++st->repeats > EC_PB_MAX_REPEATS)
-          return EC_PB_MALFORMED;
-        int r = walk(f->descriptor, p, p + n, depth + 1, st);
-        if (r != EC_PB_OK) return r;
-      }
-      p += n;
-      break;
-    }
-    default: /* groups (3, 4) are not used by etcd; 6 and 7 do not exist */
-      return EC_PB_MALFORMED;
-    }
-  }
-  return EC_PB_OK;
-}
-
-int ec_pb_check_depth(const ProtobufCMessageDescriptor *desc,
-                      const uint8_t *data, size_t len, int max_depth) {
-  walk_state st = {max_depth, 0};
-  return walk(desc, data, data + len, 0, &st);
-}
-
-/* Skips one field's value of wire type `wt`: 0, or -1 on malformed bytes. */
+/* Skips one field's value of wire type `wt`: 0, or -1 on malformed bytes
+ * (groups, 3 and 4, are not used by etcd; 6 and 7 do not exist). */
 static int skip_value(const uint8_t **p, const uint8_t *end, uint64_t wt) {
   uint64_t n;
   switch (wt) {
@@ -106,6 +58,42 @@ static int skip_value(const uint8_t **p, const uint8_t *end, uint64_t wt) {
     return 0;
   default: return -1;
   }
+}
+
+static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
+                const uint8_t *end, int depth, walk_state *st) {
+  uint64_t seen = 0; /* singular sub-message fields met, by field index */
+  while (p < end) {
+    uint64_t key, n;
+    if (read_varint(&p, end, &key)) return EC_PB_MALFORMED;
+    uint32_t number = (uint32_t)(key >> 3);
+    if (number == 0 || key >> 32) return EC_PB_MALFORMED;
+    if ((key & 7) != 2) { /* varint, 64-bit, 32-bit; anything else is bad */
+      if (skip_value(&p, end, key & 7)) return EC_PB_MALFORMED;
+      continue;
+    }
+    /* length-delimited */
+    if (read_varint(&p, end, &n) || n > (uint64_t)(end - p))
+      return EC_PB_MALFORMED;
+    const ProtobufCFieldDescriptor *f =
+        desc ? protobuf_c_message_descriptor_get_field(desc, number) : NULL;
+    if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+      if (depth + 1 > st->max_depth) return EC_PB_TOO_DEEP;
+      if (repeated_singular(desc, f, &seen) &&
+          ++st->repeats > EC_PB_MAX_REPEATS)
+        return EC_PB_MALFORMED;
+      int r = walk(f->descriptor, p, p + n, depth + 1, st);
+      if (r != EC_PB_OK) return r;
+    }
+    p += n;
+  }
+  return EC_PB_OK;
+}
+
+int ec_pb_check_depth(const ProtobufCMessageDescriptor *desc,
+                      const uint8_t *data, size_t len, int max_depth) {
+  walk_state st = {max_depth, 0};
+  return walk(desc, data, data + len, 0, &st);
 }
 
 int ec_pb_header_member(const uint8_t *data, size_t len, uint64_t *out) {
