@@ -182,6 +182,14 @@ local MAX_ATTEMPTS = 100
 -- quorum-many attempts (the others go at once, to the next member).
 local WAIT_BETWEEN, JITTER = 0.025, 0.10
 
+-- After "no leader" the cluster is electing, which takes one to several
+-- election timeouts (etcd's default: 1 s, randomised up to 2 s, again if
+-- the first pre-vote fails): pausing 25 ms would burn Go's 100 attempts in
+-- about 1.3 s, before a leader is there. Those attempts are paced at
+-- 100 ms every quorum-many instead and not counted: the deadline bounds
+-- them (etcd refused each before running it, so nothing was applied).
+local NO_LEADER_PAUSE = 0.1
+
 --- The client's view of its endpoints (`_endpoints`: in use, in channel
 -- order; `_chan`: endpoint -> 1-based channel; `_ep_of`: channel ->
 -- endpoint, retired ones included), read again from the engine when its
@@ -216,7 +224,7 @@ function M.call(cli, method, req, timeout, chan, ns)
   local repeatable = REPEATABLE[method]
   local retry = not chan and #cli._endpoints > 1
   local quorum = math.floor(#cli._endpoints / 2) + 1
-  local attempt = 0
+  local attempt, waited = 0, 0
   while true do
     if retry and not repeatable and cli._fence then fence(cli, dl) end
     local md = cli._md
@@ -231,10 +239,15 @@ function M.call(cli, method, req, timeout, chan, ns)
     if res then return res end
     if retry and (code == "UNAVAILABLE" or code == "timeout") then suspect(cli, on) end
     if not retry or not (repeatable and RETRY_ON[code] or code == "no_leader") then return nil, msg, code end
-    attempt = attempt + 1
-    if attempt >= MAX_ATTEMPTS then return nil, msg, code end
-    if attempt % quorum == 0 then
-      local pause = WAIT_BETWEEN * (1 + JITTER * (2 * math.random() - 1))
+    local no_leader = code == "no_leader"
+    if no_leader then
+      waited = waited + 1
+    else
+      attempt = attempt + 1
+      if attempt >= MAX_ATTEMPTS then return nil, msg, code end
+    end
+    if (attempt + waited) % quorum == 0 then
+      local pause = (no_leader and NO_LEADER_PAUSE or WAIT_BETWEEN) * (1 + JITTER * (2 * math.random() - 1))
       if now() + pause >= dl then return nil, msg, code end
       require("etcd.sched").sleep(pause)
     end
