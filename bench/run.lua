@@ -10,6 +10,7 @@
 --
 --   make bench-kv    (BENCH_ROUNDS=3 BENCH_WORKLOADS="put_seq get_seq ..." BENCH_SCALE=1)
 --
+-- BENCH_PUMP=1 adds a row "pump": ours with the pump thread alone driving.
 -- BENCH_SCALE multiplies every workload's op count (0.1 for a quick look).
 -- BENCH_MEM=1 adds mem_watch_ka (10,000 watches + 10,000 kept-alive leases)
 -- and rss_puts (1,000,000 puts).
@@ -20,6 +21,10 @@ local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS") or "3")
 local SCALE = tonumber(os.getenv("BENCH_SCALE") or "1")
 local LUA = os.getenv("BENCH_LUA") or "lua5.4"
 local CLIENTS = { "ours", "go", "node", "floor" }
+-- BENCH_PUMP=1 adds "pump": ours with LUA_ETCD_PUMP_ONLY=1 (the pump thread
+-- alone drives gRPC's queue, as before the Lua thread drove it while waiting)
+local PUMP = os.getenv("BENCH_PUMP") == "1"
+if PUMP then table.insert(CLIENTS, 2, "pump") end
 
 -- workload -> ops, the gRPC methods whose server time counts, floor's name
 local WORKLOADS = {
@@ -80,6 +85,8 @@ local ok, err = pcall(function()
     local name, n, methods, floor = w[1], math.max(1, math.floor(w[2] * SCALE)), w[3], w[4]
     local cmds = {
       ours = ("BENCH_ENDPOINTS=%s BENCH_WORKLOAD=%s BENCH_N=%d %s bench/bench.lua"):format(ep, name, n, LUA),
+      pump = PUMP and ("LUA_ETCD_PUMP_ONLY=1 BENCH_ENDPOINTS=%s BENCH_WORKLOAD=%s BENCH_N=%d %s bench/bench.lua")
+        :format(ep, name, n, LUA) or nil,
       go = ("build/bench/kv -endpoints %s -workload %s -n %d"):format(ep, name, n),
       node = have_node and ("node bench/node/bench.js %s %s %d"):format(ep, name, n) or nil,
       floor = (floor and have_floor) and ("build/bench/floor %s %s %d"):format(ep, floor, n) or nil,

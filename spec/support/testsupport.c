@@ -119,6 +119,36 @@ static int t_threads_named(lua_State *L) {
   return 1;
 }
 
+/* switches_named(name) -> the context switches (voluntary and not) of this
+ * process's threads named `name`, summed */
+static int t_switches_named(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  lua_Integer n = 0;
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/task", (int)getpid());
+  DIR *d = opendir(path);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    char file[352];
+    snprintf(file, sizeof file, "%s/%s/status", path, e->d_name);
+    FILE *f = fopen(file, "r");
+    int mine = 0;
+    while (f && fgets(line, sizeof line, f)) {
+      long long v;
+      char nm[64];
+      if (sscanf(line, "Name: %63s", nm) == 1) mine = strcmp(nm, name) == 0;
+      else if (mine && (sscanf(line, "voluntary_ctxt_switches: %lld", &v) == 1 ||
+                        sscanf(line, "nonvoluntary_ctxt_switches: %lld", &v) == 1))
+        n += (lua_Integer)v;
+    }
+    if (f) fclose(f);
+  }
+  if (d) closedir(d);
+  lua_pushinteger(L, n);
+  return 1;
+}
+
 /* fds() -> count, kinds: this process's open file descriptors, and how many
  * of each kind ("socket", "anon_inode:[eventfd]", "pipe", "/dev/null", ...;
  * the part of the link before its first ':' for sockets and pipes). The
@@ -286,6 +316,7 @@ __attribute__((visibility("default"))) int luaopen_testsupport(lua_State *L) {
                                {"close", t_close},
                                {"threads", t_threads},
                                {"threads_named", t_threads_named},
+                               {"switches_named", t_switches_named},
                                {"fds", t_fds},
                                {"rss_kb", t_rss_kb},
                                {"http_get", t_http_get},

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <grpc/byte_buffer.h>
@@ -206,6 +207,7 @@ void ec_client_unref(ec_client *c) {
   free(c->reaped.v);
   if (c->efd >= 0) close(c->efd);
   pthread_mutex_destroy(&c->mu);
+  pthread_cond_destroy(&c->pump_cv);
   free(c);
 }
 
@@ -290,13 +292,59 @@ void ec_manager_register_locked(ec_client *c, const ec_manager *m) {
   if (c->nmanagers < EC_MAX_MANAGERS) c->managers[c->nmanagers++] = m;
 }
 
+/* After a completion (or a timeout) of the queue, on whichever thread
+ * drives it: what is due, then each manager's tick (managers register from
+ * the Lua thread: the list is copied under the same lock). */
+static void after_event(ec_client *c) {
+  const ec_manager *ms[EC_MAX_MANAGERS];
+  pthread_mutex_lock(&c->mu);
+  if (!c->closed) {
+    gpr_timespec now = ec_now();
+    while (c->timers.n && gpr_time_cmp(c->timers.v[0]->at, now) <= 0) {
+      ec_timer *t = c->timers.v[0];
+      ec_timer_cancel_locked(c, t);
+      t->fire(c, t);
+    }
+  }
+  size_t nm = c->nmanagers;
+  for (size_t i = 0; i < nm; i++) ms[i] = c->managers[i];
+  pthread_mutex_unlock(&c->mu);
+  for (size_t i = 0; i < nm; i++) ms[i]->tick(c);
+}
+
+static int64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The pump leaves the queue to the Lua thread for this long after the Lua
+ * thread last drove it: a program that makes calls comes back within
+ * microseconds, and its completions then never cross threads. While the Lua
+ * thread drives, the pump looks again every EC_PUMP_LOOK_NS (the Lua thread
+ * does not signal it when it stops: that would wake it once per wait). */
+#define EC_HANDOVER_NS 2000000
+#define EC_PUMP_LOOK_NS 20000000
+
 static void *pump_main(void *arg) {
   ec_client *c = arg;
   /* named, so tools (and the specs) can tell our threads from gRPC's */
   pthread_setname_np(pthread_self(), "lua-etcd-pump");
+  pthread_mutex_lock(&c->mu);
   for (;;) {
+    /* Not while the Lua thread drives, nor in the moment after (it is
+     * likely to be back); never once the client is closing: then the pump
+     * alone drains the queue to its shutdown. */
+    for (;;) {
+      if (c->closed) break;
+      int64_t until = c->driver == EC_DRIVER_LUA ? mono_ns() + EC_PUMP_LOOK_NS
+                                                 : c->released + EC_HANDOVER_NS;
+      if (c->driver == EC_DRIVER_NONE && mono_ns() >= until) break;
+      struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
+      pthread_cond_timedwait(&c->pump_cv, &c->mu, &ts);
+    }
+    c->driver = EC_DRIVER_PUMP;
     /* The completion queue's deadline is the earliest timer. */
-    pthread_mutex_lock(&c->mu);
     gpr_timespec dl = c->timers.n ? c->timers.v[0]->at
                                   : gpr_inf_future(GPR_CLOCK_MONOTONIC);
     pthread_mutex_unlock(&c->mu);
@@ -306,22 +354,14 @@ static void *pump_main(void *arg) {
       ec_tag *t = ev.tag;
       t->done(t, ev.success);
     }
-    /* What is due, then each manager's tick (managers register from the Lua
-     * thread: the list is copied under the same lock). */
-    const ec_manager *ms[EC_MAX_MANAGERS];
+    after_event(c);
     pthread_mutex_lock(&c->mu);
-    if (!c->closed) {
-      gpr_timespec now = ec_now();
-      while (c->timers.n && gpr_time_cmp(c->timers.v[0]->at, now) <= 0) {
-        ec_timer *t = c->timers.v[0];
-        ec_timer_cancel_locked(c, t);
-        t->fire(c, t);
-      }
+    c->driver = EC_DRIVER_NONE;
+    if (c->lua_wants) {
+      /* the Lua thread waits on the fd: hand it the queue */
+      c->released = mono_ns();
+      ec_signal(c);
     }
-    size_t nm = c->nmanagers;
-    for (size_t i = 0; i < nm; i++) ms[i] = c->managers[i];
-    pthread_mutex_unlock(&c->mu);
-    for (size_t i = 0; i < nm; i++) ms[i]->tick(c);
   }
   return NULL;
 }
@@ -499,6 +539,17 @@ ec_client *ec_client_new(const ec_config *cfg, char *err, size_t errlen) {
   atomic_init(&c->starting, 0);
   c->efd = -1;
   pthread_mutex_init(&c->mu, NULL);
+  {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->pump_cv, &ca);
+    pthread_condattr_destroy(&ca);
+  }
+  {
+    const char *po = getenv("LUA_ETCD_PUMP_ONLY");
+    c->lua_drives = !(po && *po && strcmp(po, "0") != 0);
+  }
   c->pid = (long)getpid();
   c->self.token = ec_token_new();
   c->reap_gen = 1;
@@ -603,6 +654,7 @@ void ec_client_close(ec_client *c) {
     return;
   }
   c->closed = 1;
+  pthread_cond_signal(&c->pump_cv); /* the pump drains the queue from now on */
   if ((long)getpid() != c->pid) {
     /* A fork() child: gRPC's threads do not exist here. Touch nothing. */
     pthread_mutex_unlock(&c->mu);
@@ -935,15 +987,105 @@ size_t ec_client_inflight(ec_client *c) {
   return n;
 }
 
-int ec_client_wait(ec_client *c, int timeout_ms) {
+static int wait_fd(ec_client *c, int timeout_ms) {
   struct pollfd p = {c->efd, POLLIN, 0};
   int r;
   do {
     r = poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms);
   } while (r < 0 && errno == EINTR);
-  if (r < 0) return -1;
-  if (ec_client_closed(c)) return -1;
-  return r > 0;
+  return r;
+}
+
+/* With c->mu held: the next reap has something to hand out. */
+static int to_reap_locked(const ec_client *c) {
+  return c->ready.n || c->ready_all || c->reaped.n;
+}
+
+/* With c->mu held and the queue ours (EC_DRIVER_LUA): run it on this thread
+ * until something is listed for a reap, or `until` (ns) passes. Returns 1
+ * or 0, with c->mu held. */
+static int drive_locked(ec_client *c, int64_t until) {
+  for (;;) {
+    gpr_timespec dl = until == INT64_MAX
+                          ? gpr_inf_future(GPR_CLOCK_MONOTONIC)
+                          : ec_after_ms(ec_now(), (until - mono_ns() + 999999) / 1000000);
+    if (c->timers.n && gpr_time_cmp(c->timers.v[0]->at, dl) < 0) dl = c->timers.v[0]->at;
+    pthread_mutex_unlock(&c->mu);
+    grpc_event ev = grpc_completion_queue_next(c->cq, dl, NULL);
+    if (ev.type == GRPC_OP_COMPLETE) {
+      ec_tag *t = ev.tag;
+      t->done(t, ev.success);
+    }
+    after_event(c);
+    pthread_mutex_lock(&c->mu);
+    /* (the queue shuts down only in ec_client_close, on this thread) */
+    if (c->closed) return 1;
+    if (to_reap_locked(c)) {
+      /* take what else has completed already: one reap for all of it */
+      pthread_mutex_unlock(&c->mu);
+      for (int i = 0; i < 64; i++) {
+        ev = grpc_completion_queue_next(c->cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL);
+        if (ev.type != GRPC_OP_COMPLETE) break;
+        ec_tag *t = ev.tag;
+        t->done(t, ev.success);
+        after_event(c);
+      }
+      pthread_mutex_lock(&c->mu);
+      return 1;
+    }
+    if (mono_ns() >= until) return 0;
+  }
+}
+
+int ec_client_wait(ec_client *c, int timeout_ms) {
+  if (!c->lua_drives || (long)getpid() != c->pid) {
+    int r = wait_fd(c, timeout_ms);
+    if (r < 0) return -1;
+    if (ec_client_closed(c)) return -1;
+    return r > 0;
+  }
+  /* The Lua thread drives the queue itself while it waits, when the pump is
+   * not in it: a completion is then handled where its waiter runs, with no
+   * hand-off between threads. When the pump is in it, wait on the fd; the
+   * pump hands the queue over after its next completion. */
+  int64_t until = timeout_ms < 0 ? INT64_MAX : mono_ns() + (int64_t)timeout_ms * 1000000;
+  pthread_mutex_lock(&c->mu);
+  for (;;) {
+    if (c->closed) break;
+    if (to_reap_locked(c)) {
+      pthread_mutex_unlock(&c->mu);
+      return 1;
+    }
+    if (c->driver == EC_DRIVER_NONE) {
+      c->driver = EC_DRIVER_LUA;
+      int r = drive_locked(c, until);
+      c->driver = EC_DRIVER_NONE;
+      c->released = mono_ns();
+      int closed = c->closed;
+      pthread_mutex_unlock(&c->mu);
+      return closed ? -1 : r;
+    }
+    /* Nothing is listed: a signal still in the fd is stale (the pump's
+     * hand-over, or a token reaped since); drain it, or poll would not
+     * sleep. A token listed from now on signals again (under this lock). */
+    uint64_t v;
+    while (read(c->efd, &v, sizeof v) < 0 && errno == EINTR) {
+    }
+    c->lua_wants = 1;
+    pthread_mutex_unlock(&c->mu);
+    int64_t left = until == INT64_MAX ? -1 : (until - mono_ns() + 999999) / 1000000;
+    int r = wait_fd(c, left < 0 && until != INT64_MAX ? 0 : left > INT32_MAX ? INT32_MAX : (int)left);
+    pthread_mutex_lock(&c->mu);
+    c->lua_wants = 0;
+    if (r < 0) break;
+    if (r == 0 && mono_ns() >= until) {
+      int closed = c->closed;
+      pthread_mutex_unlock(&c->mu);
+      return closed ? -1 : 0;
+    }
+  }
+  pthread_mutex_unlock(&c->mu);
+  return -1;
 }
 
 /* ---------------------------------------------------------------------- */

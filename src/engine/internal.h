@@ -227,7 +227,16 @@ struct ec_client {
   int64_t sync_ms;
   ec_timer sync_timer;
   int syncing; /* one in flight */
+  /* Who runs grpc_completion_queue_next (engine.h, "who drives the
+   * queue"): one thread at a time, the pump or the Lua thread waiting in
+   * ec_client_wait. */
+  int driver;       /* EC_DRIVER_* */
+  int lua_drives;   /* allowed: LUA_ETCD_PUMP_ONLY unset at creation */
+  int lua_wants;    /* the Lua thread waits on the fd for the pump to hand over */
+  int64_t released; /* CLOCK_MONOTONIC ns when the Lua thread last stopped driving */
+  pthread_cond_t pump_cv; /* the pump waits here while it does not drive */
 };
+enum { EC_DRIVER_NONE = 0, EC_DRIVER_PUMP = 1, EC_DRIVER_LUA = 2 };
 
 /* Client metadata plus `extra`, into out[] (at most `max`); with c->mu held.
  * Returns the count. */
