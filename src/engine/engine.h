@@ -3,7 +3,8 @@
  * Lua: no file under src/engine/ includes lua.h.
  *
  * One ec_client owns one completion queue, one channel per endpoint and one
- * pump thread that drains the queue. The pump thread completes operations,
+ * pump thread that drains the queue (or leaves it to a Lua thread blocked in
+ * ec_client_wait, which then drains it). The pump thread completes operations,
  * lists their tokens as ready and signals an eventfd; the Lua side waits on
  * that fd (ec_client_wait) or hands it to an event loop, reaps the ready
  * tokens (ec_client_reap) and reads the results of just those objects.
@@ -103,9 +104,11 @@ int ec_client_ready(ec_client *c);
  * object again. A token reaped before its waiter registered is harmless: the
  * object's state already shows what happened. */
 
-/* Wait until the eventfd is readable or timeout_ms passes (<0: no limit),
- * without draining it (ec_client_reap does). Returns 1 readable, 0 timed
- * out, -1 closed or error. */
+/* Wait until something is ready for a reap or timeout_ms passes (<0: no
+ * limit), driving the completion queue on the calling thread meanwhile when
+ * the pump lets it (internal.h, c->driver; LUA_ETCD_PUMP_ONLY=1 at the
+ * client's creation: never). Does not reap (ec_client_reap does). Returns 1
+ * ready (or possibly so), 0 timed out, -1 closed or error. */
 int ec_client_wait(ec_client *c, int timeout_ms);
 /* Drain the eventfd and take every token made ready since the last reap:
  * returns their count with *out pointing at them (valid until
