@@ -254,10 +254,12 @@ static void advance(ec_watch *w, const Etcdserverpb__WatchResponse *r) {
 }
 
 /* Queue one response (a whole one, or a piece of a fragmented one) for Lua,
- * dropping the events a re-created watch sends again. */
-static void deliver(ec_client *c, ec_watch *w, const char *data, size_t len) {
+ * dropping the events a re-created watch sends again. `given`: data already
+ * unpacked by the caller (it frees it), or NULL (unpacked here). */
+static void deliver(ec_client *c, ec_watch *w, const char *data, size_t len,
+                    Etcdserverpb__WatchResponse *given) {
   Etcdserverpb__WatchResponse *r =
-      etcdserverpb__watch_response__unpack(NULL, len, (const uint8_t *)data);
+      given ? given : etcdserverpb__watch_response__unpack(NULL, len, (const uint8_t *)data);
   if (!r) return;
   if (r->canceled) {
     if (w->state == S_PAUSING) {
@@ -267,7 +269,7 @@ static void deliver(ec_client *c, ec_watch *w, const char *data, size_t len) {
       queue_push(w, data, len); /* Lua sees compact_revision and the reason */
       end_locked(w, S_ENDED, r->compact_revision, r->cancel_reason);
     }
-    etcdserverpb__watch_response__free_unpacked(r, NULL);
+    if (!given) etcdserverpb__watch_response__free_unpacked(r, NULL);
     return;
   }
   size_t keep = r->n_events, first = 0;
@@ -279,7 +281,7 @@ static void deliver(ec_client *c, ec_watch *w, const char *data, size_t len) {
   w->skip_left = first < r->n_events ? 0 : w->skip_left;
   keep -= first;
   if (first && !keep) { /* all seen before: nothing to deliver */
-    etcdserverpb__watch_response__free_unpacked(r, NULL);
+    if (!given) etcdserverpb__watch_response__free_unpacked(r, NULL);
     return;
   }
   if (first) {
@@ -301,7 +303,7 @@ static void deliver(ec_client *c, ec_watch *w, const char *data, size_t len) {
   if (w->state == S_ACTIVE && (w->q.n > HIGH_COUNT || w->q.bytes > HIGH_BYTES) &&
       send_cancel_locked(c, w) == 0)
     w->state = S_PAUSING;
-  etcdserverpb__watch_response__free_unpacked(r, NULL);
+  if (!given) etcdserverpb__watch_response__free_unpacked(r, NULL);
 }
 
 static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
@@ -391,13 +393,13 @@ static void on_message(void *ud, ec_stream *s, const char *data, size_t len) {
         w->frag = p;
         size_t n = w->frag_len + len;
         w->frag_len = 0;
-        deliver(c, w, p, n);
+        deliver(c, w, p, n, NULL);
       }
       free(w->frag);
       w->frag = NULL;
       w->frag_len = 0;
     } else if (w) {
-      deliver(c, w, data, len);
+      deliver(c, w, data, len, r); /* the same bytes: unpacked once */
     }
   }
   etcdserverpb__watch_response__free_unpacked(r, NULL);
