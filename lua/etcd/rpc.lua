@@ -33,7 +33,7 @@ function M.once(cc, method, req, dl, md, chan, fail_fast, ns)
   if left < 0 then left = 0 end
   local h, msg, code = cc:_unary(method, req, left, md, chan, fail_fast)
   if not h then return errors.fail(msg, code) end
-  local r = wait.loop(cc, h:token(), dl + GRACE, function() return h:done() or false end)
+  local r = wait.loop_done(cc, h, dl + GRACE)
   if r == wait.TIMEOUT then
     h:cancel()
     return errors.fail("etcd: no answer before the deadline", "timeout")

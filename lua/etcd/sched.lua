@@ -21,7 +21,8 @@ M.PARK = PARK
 
 local S = {
   current = nil,     -- the task running now
-  runq = {}, head = 1, tail = 0, -- tasks to resume: { task, why }
+  -- tasks to resume, and why (two arrays: no table per wake-up)
+  rq_task = {}, rq_why = {}, head = 1, tail = 0,
   timers = {},       -- binary heap of { at, task, seq, idx, dead }
   dead = 0,          -- entries of it whose wait ended otherwise
   polled = {},       -- etcd.core client -> number of tasks parked on its tokens
@@ -125,8 +126,9 @@ Task.__index = Task
 M.Task = Task
 
 local function enqueue(task, why)
-  S.tail = S.tail + 1
-  S.runq[S.tail] = { task, why }
+  local t = S.tail + 1
+  S.tail = t
+  S.rq_task[t], S.rq_why[t] = task, why
 end
 
 -- The built-in driver, as seen by etcd.wait. Every driver that runs tasks
@@ -173,13 +175,11 @@ local function finish(task)
   task.ev:signal()
 end
 
-local function resume(task, ...)
-  local prev = S.current
-  S.current = task
-  local r = pack(coroutine.resume(task.co, ...))
+-- (coroutine.resume's results, taken as varargs: no table per resume)
+local function resumed(task, prev, ok, ...)
   S.current = prev
-  if not r[1] then
-    local err = r[2]
+  if not ok then
+    local err = ...
     if type(err) == "string" then err = debug.traceback(task.co, err) end
     -- run its pending to-be-closed variables (`local s <close> = ...`) now,
     -- as a failed coroutine keeps them until it is closed; they cannot
@@ -191,12 +191,18 @@ local function resume(task, ...)
     finish(task)
   elseif coroutine.status(task.co) == "dead" then
     task.state = "done"
-    task.results = pack(unpack(r, 2, r.n))
+    task.results = pack(...)
     finish(task)
-  elseif r[2] ~= PARK then
+  elseif (...) ~= PARK then
     -- a plain coroutine.yield() inside a spawned coroutine: let the others run
     task.driver.requeue(task)
   end
+end
+
+local function resume(task, ...)
+  local prev = S.current
+  S.current = task
+  resumed(task, prev, coroutine.resume(task.co, ...))
 end
 M.resume = resume
 
@@ -302,17 +308,18 @@ end
 local function run_queue()
   -- only what is queued now; what they queue runs in the next round
   local last = S.tail
+  local tasks, whys = S.rq_task, S.rq_why
   while S.head <= last do
-    local e = S.runq[S.head]
-    S.runq[S.head] = nil
-    S.head = S.head + 1
-    local task, why = e[1], e[2]
+    local i = S.head
+    local task, why = tasks[i], whys[i]
+    tasks[i], whys[i] = nil, nil
+    S.head = i + 1
     if task.state == "running" then
       if type(why) == "table" then resume(task, unpack(why, 1, why.n))
       else resume(task, why) end
     end
   end
-  if S.head > S.tail then S.runq, S.head, S.tail = {}, 1, 0 end
+  if S.head > S.tail then S.head, S.tail = 1, 0 end
 end
 
 -- One round: run what can run; if nothing can, sleep until a client that

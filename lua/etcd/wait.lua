@@ -193,6 +193,21 @@ end
 -- for "nothing yet", anything else is returned as it is. Between looks, park
 -- on `tok` of client `cc` until the absolute deadline `dl` (nil: none).
 -- Returns step's values, or wait.TIMEOUT once `dl` passed with nothing.
+-- Between two looks of wait.loop: the blocking driver does what
+-- blocking.park does, without parking a record nobody but this thread could
+-- wake (sleep on the client's eventfd, or drive its queue: ec_client_wait;
+-- then reap); the others park.
+local function between(drv, cc, tok, dl)
+  if drv == blocking and cc then
+    local left = dl and dl - now()
+    if left and left < 0 then left = 0 end
+    cc:_wait(left)
+    M.dispatch(cc)
+  else
+    M.park(cc, tok, dl)
+  end
+end
+
 function M.loop(cc, tok, dl, step)
   local drv
   while true do
@@ -200,16 +215,19 @@ function M.loop(cc, tok, dl, step)
     if a ~= false then return a, b, c, d end
     if dl and now() >= dl then return M.TIMEOUT end
     drv = drv or M.driver()
-    if drv == blocking and cc then
-      -- what blocking.park does, without parking a record nobody but this
-      -- thread could wake: sleep on the client's eventfd, reap, look again
-      local left = dl and dl - now()
-      if left and left < 0 then left = 0 end
-      cc:_wait(left)
-      M.dispatch(cc)
-    else
-      M.park(cc, tok, dl)
-    end
+    between(drv, cc, tok, dl)
+  end
+end
+
+--- wait.loop for a call handle `h` (its step: h:done()), without a
+-- closure per call: true once it is done, or wait.TIMEOUT.
+function M.loop_done(cc, h, dl)
+  local drv
+  while true do
+    if h:done() then return true end
+    if dl and now() >= dl then return M.TIMEOUT end
+    drv = drv or M.driver()
+    between(drv, cc, h:token(), dl)
   end
 end
 
