@@ -1045,20 +1045,7 @@ static int drive_locked(ec_client *c, int64_t until) {
     after_event(c);
     pthread_mutex_lock(&c->mu);
     /* (the queue shuts down only in ec_client_close, on this thread) */
-    if (c->closed) return 1;
-    if (to_reap_locked(c)) {
-      /* take what else has completed already: one reap for all of it */
-      pthread_mutex_unlock(&c->mu);
-      for (int i = 0; i < 64; i++) {
-        ev = grpc_completion_queue_next(c->cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL);
-        if (ev.type != GRPC_OP_COMPLETE) break;
-        ec_tag *t = ev.tag;
-        t->done(t, ev.success);
-        after_event(c);
-      }
-      pthread_mutex_lock(&c->mu);
-      return 1;
-    }
+    if (to_reap_locked(c) || c->closed) return 1;
     if (mono_ns() >= until) return 0;
   }
 }

@@ -414,16 +414,9 @@ static int l_poll(lua_State *L) {
     else fds[n++] = (struct pollfd){ec_client_fd(u->c), POLLIN, 0};
   }
   if (ready) ms = 0;
-  if (n == 1 && len == 1) {
-    /* one client: its wait drives the completion queue on this thread
-     * (ec_client_wait), with no hand-off from the pump */
-    lua_rawgeti(L, 1, 1);
-    lclient *u = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    int w = ec_client_wait(u->c, ms < 0 ? -1 : ms > INT32_MAX ? INT32_MAX : (int)ms);
-    lua_pushinteger(L, w != 0);
-    return 1;
-  }
+  /* (The scheduler waits here with many calls in flight: the pump drives
+   * the queue then, in parallel with the Lua thread, which measured better
+   * than this thread driving it: docs/DESIGN.md §2.) */
   int r;
   do {
     r = poll(fds, n, ms < 0 ? -1 : ms > INT32_MAX ? INT32_MAX : (int)ms);
