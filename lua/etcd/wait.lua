@@ -189,10 +189,6 @@ function M.park(cc, tok, dl)
   return why
 end
 
---- Look at an object until it has something to say: `step()` returns false
--- for "nothing yet", anything else is returned as it is. Between looks, park
--- on `tok` of client `cc` until the absolute deadline `dl` (nil: none).
--- Returns step's values, or wait.TIMEOUT once `dl` passed with nothing.
 -- Between two looks of wait.loop: the blocking driver does what
 -- blocking.park does, without parking a record nobody but this thread could
 -- wake (sleep on the client's eventfd, or drive its queue: ec_client_wait;
@@ -208,6 +204,10 @@ local function between(drv, cc, tok, dl)
   end
 end
 
+--- Look at an object until it has something to say: `step()` returns false
+-- for "nothing yet", anything else is returned as it is. Between looks, park
+-- on `tok` of client `cc` until the absolute deadline `dl` (nil: none).
+-- Returns step's values, or wait.TIMEOUT once `dl` passed with nothing.
 function M.loop(cc, tok, dl, step)
   local drv
   while true do

@@ -95,36 +95,11 @@ static int t_threads(lua_State *L) {
   return 1;
 }
 
-/* number of this process's threads named `name` (their comm) */
-static int t_threads_named(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
-  int n = 0;
-  char path[64], line[64];
-  snprintf(path, sizeof path, "/proc/%d/task", (int)getpid());
-  DIR *d = opendir(path);
-  struct dirent *e;
-  while (d && (e = readdir(d))) {
-    if (e->d_name[0] == '.') continue;
-    char comm[352];
-    snprintf(comm, sizeof comm, "%s/%s/comm", path, e->d_name);
-    FILE *f = fopen(comm, "r");
-    if (f && fgets(line, sizeof line, f)) {
-      line[strcspn(line, "\n")] = 0;
-      if (!strcmp(line, name)) n++;
-    }
-    if (f) fclose(f);
-  }
-  if (d) closedir(d);
-  lua_pushinteger(L, n);
-  return 1;
-}
-
-/* switches_named(name) -> the context switches (voluntary and not) of this
- * process's threads named `name`, summed */
-static int t_switches_named(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
-  lua_Integer n = 0;
+/* This process's threads named `name` (their comm, the Name: of their
+ * status): how many, and their context switches (voluntary and not), summed. */
+static void named_threads(const char *name, lua_Integer *count, lua_Integer *switches) {
   char path[64], line[256];
+  *count = *switches = 0;
   snprintf(path, sizeof path, "/proc/%d/task", (int)getpid());
   DIR *d = opendir(path);
   struct dirent *e;
@@ -137,15 +112,33 @@ static int t_switches_named(lua_State *L) {
     while (f && fgets(line, sizeof line, f)) {
       long long v;
       char nm[64];
-      if (sscanf(line, "Name: %63s", nm) == 1) mine = strcmp(nm, name) == 0;
-      else if (mine && (sscanf(line, "voluntary_ctxt_switches: %lld", &v) == 1 ||
-                        sscanf(line, "nonvoluntary_ctxt_switches: %lld", &v) == 1))
-        n += (lua_Integer)v;
+      if (sscanf(line, "Name: %63s", nm) == 1) {
+        mine = strcmp(nm, name) == 0;
+        *count += mine;
+      } else if (mine && (sscanf(line, "voluntary_ctxt_switches: %lld", &v) == 1 ||
+                          sscanf(line, "nonvoluntary_ctxt_switches: %lld", &v) == 1)) {
+        *switches += (lua_Integer)v;
+      }
     }
     if (f) fclose(f);
   }
   if (d) closedir(d);
+}
+
+/* threads_named(name) -> number of this process's threads named `name` */
+static int t_threads_named(lua_State *L) {
+  lua_Integer n, sw;
+  named_threads(luaL_checkstring(L, 1), &n, &sw);
   lua_pushinteger(L, n);
+  return 1;
+}
+
+/* switches_named(name) -> the context switches (voluntary and not) of this
+ * process's threads named `name`, summed */
+static int t_switches_named(lua_State *L) {
+  lua_Integer n, sw;
+  named_threads(luaL_checkstring(L, 1), &n, &sw);
+  lua_pushinteger(L, sw);
   return 1;
 }
 

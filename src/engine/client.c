@@ -338,10 +338,32 @@ static void after_event(ec_client *c) {
   for (size_t i = 0; i < nm; i++) ms[i]->tick(c);
 }
 
+/* One turn of the queue, by whichever thread drives it: the next event
+ * (or none by `dl`), its handler, then after_event. Returns the event's
+ * type. */
+static grpc_completion_type run_once(ec_client *c, gpr_timespec dl) {
+  grpc_event ev = grpc_completion_queue_next(c->cq, dl, NULL);
+  if (ev.type == GRPC_QUEUE_SHUTDOWN) return ev.type;
+  if (ev.type == GRPC_OP_COMPLETE) {
+    ec_tag *t = ev.tag;
+    t->done(t, ev.success);
+  }
+  after_event(c);
+  return ev.type;
+}
+
 static int64_t mono_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Milliseconds from now to `until` (CLOCK_MONOTONIC ns), rounded up, at
+ * least 0, at most INT32_MAX; -1 for INT64_MAX (no limit). */
+static int ms_left(int64_t until) {
+  if (until == INT64_MAX) return -1;
+  int64_t ms = (until - mono_ns() + 999999) / 1000000;
+  return ms < 0 ? 0 : ms > INT32_MAX ? INT32_MAX : (int)ms;
 }
 
 /* The pump leaves the queue to the Lua thread for this long after the Lua
@@ -374,13 +396,7 @@ static void *pump_main(void *arg) {
     gpr_timespec dl = c->timers.n ? c->timers.v[0]->at
                                   : gpr_inf_future(GPR_CLOCK_MONOTONIC);
     pthread_mutex_unlock(&c->mu);
-    grpc_event ev = grpc_completion_queue_next(c->cq, dl, NULL);
-    if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
-    if (ev.type == GRPC_OP_COMPLETE) {
-      ec_tag *t = ev.tag;
-      t->done(t, ev.success);
-    }
-    after_event(c);
+    if (run_once(c, dl) == GRPC_QUEUE_SHUTDOWN) break;
     pthread_mutex_lock(&c->mu);
     c->driver = EC_DRIVER_NONE;
     if (c->lua_wants) {
@@ -1032,19 +1048,11 @@ static int to_reap_locked(const ec_client *c) {
  * or 0, with c->mu held. */
 static int drive_locked(ec_client *c, int64_t until) {
   for (;;) {
-    gpr_timespec dl = until == INT64_MAX
-                          ? gpr_inf_future(GPR_CLOCK_MONOTONIC)
-                          : ec_after_ms(ec_now(), (until - mono_ns() + 999999) / 1000000);
+    gpr_timespec dl = ec_deadline_in(ms_left(until));
     if (c->timers.n && gpr_time_cmp(c->timers.v[0]->at, dl) < 0) dl = c->timers.v[0]->at;
     pthread_mutex_unlock(&c->mu);
-    grpc_event ev = grpc_completion_queue_next(c->cq, dl, NULL);
-    if (ev.type == GRPC_OP_COMPLETE) {
-      ec_tag *t = ev.tag;
-      t->done(t, ev.success);
-    }
-    after_event(c);
+    run_once(c, dl); /* (the queue shuts down only in ec_client_close, on this thread) */
     pthread_mutex_lock(&c->mu);
-    /* (the queue shuts down only in ec_client_close, on this thread) */
     if (to_reap_locked(c) || c->closed) return 1;
     if (mono_ns() >= until) return 0;
   }
@@ -1086,8 +1094,7 @@ int ec_client_wait(ec_client *c, int timeout_ms) {
     }
     c->lua_wants = 1;
     pthread_mutex_unlock(&c->mu);
-    int64_t left = until == INT64_MAX ? -1 : (until - mono_ns() + 999999) / 1000000;
-    int r = wait_fd(c, left < 0 && until != INT64_MAX ? 0 : left > INT32_MAX ? INT32_MAX : (int)left);
+    int r = wait_fd(c, ms_left(until));
     pthread_mutex_lock(&c->mu);
     c->lua_wants = 0;
     if (r < 0) break;
