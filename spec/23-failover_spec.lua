@@ -100,3 +100,94 @@ describe("a leader kill under load", function()
     cl.members[li]:restart()
   end)
 end)
+
+-- The leader fence, its edge: after a leader dies, one follower can give up
+-- on it (and name no leader) seconds before another does, which meanwhile
+-- forwards a write to the dead leader to be dropped without a word. A write
+-- waits until a member names a new leader (or the dead one answers again).
+-- One follower here has an election timeout of 1.5 s (the others 0.5 s,
+-- randomised by etcd up to twice that), so that window is 0.5 s or more;
+-- the members' order puts that follower right after the leader in the
+-- client's list, so it is the one a write goes to next.
+describe("a write after a leader's death", function()
+  local cl
+  setup(function() cl = helpers.start_cluster(3) end)
+  teardown(function() if cl then cl:stop() end end)
+
+  it("waits while a member still believes in the dead leader; with no quorum it fails 'no_leader', not sent #novalgrind", function()
+    local li = cl:wait_leader(10)
+    local rest = {}
+    for i = 1, 3 do if i ~= li then rest[#rest + 1] = cl.members[i] end end
+    local slow, fast = rest[1], rest[2]
+    slow.opts = setmetatable({ election_timeout = 1500 }, { __index = slow.opts })
+    slow:restart()
+    local lead = cl.members[li]
+    local cli = assert(etcd.new { endpoints = { lead.endpoint, slow.endpoint, fast.endpoint }, timeout = 15 })
+    local lead_id = assert(cli:status(lead.endpoint)).header.member_id
+    local slow_id = assert(cli:status(slow.endpoint)).header.member_id
+    local fast_id = assert(cli:status(fast.endpoint)).header.member_id
+    if assert(cli:status(slow.endpoint)).leader ~= lead_id then -- (the restart moved it)
+      assert(cli:move_leader(lead_id))
+    end
+    assert.is_true(helpers.eventually(10, function()
+      for _, ep in ipairs { lead.endpoint, slow.endpoint, fast.endpoint } do
+        local st = cli:status(ep)
+        if not st or st.leader ~= lead_id then return false end
+      end
+      return true
+    end), "the leader never settled")
+    assert.equal(lead_id, assert(cli:put("fl/0", "v")).header.member_id) -- in use: the leader
+
+    -- a write in flight on the leader when it dies: its connection resets
+    lead:pause()
+    local a = etcd.spawn(function() return { cli:put("fl/a", "v") } end)
+    local k = etcd.spawn(function() etcd.sleep(0.2) lead:kill() end)
+    local _, ra = assert(a:join())
+    assert(k:join())
+    assert.is_nil(ra[1])
+    assert.equal("UNAVAILABLE", ra[3])
+    -- the next write waits out `slow`'s belief in the dead leader (`fast`
+    -- names none from ~1 s after the pause), and goes through
+    local b, msg, code = cli:put("fl/b", "v")
+    assert(b, ("%s (%s)"):format(tostring(msg), tostring(code)))
+    assert.is_true(b.header.member_id == slow_id or b.header.member_id == fast_id)
+    assert.not_equal(lead_id, assert(cli:status(fast.endpoint)).leader)
+
+    -- now `slow` leads (a client in use on it), and dies with a write in
+    -- flight: `fast` alone is no quorum. It names the dead leader, then
+    -- none; the write after it waits, is not sent, and fails 'no_leader' by
+    -- its deadline. (move_leader asks every endpoint at once: the dead one
+    -- first in the list costs it nothing.)
+    if assert(cli:status(slow.endpoint)).leader ~= slow_id then assert(cli:move_leader(slow_id, { timeout = 5 })) end
+    assert.is_true(helpers.eventually(10, function()
+      local st = cli:status(fast.endpoint)
+      return st ~= nil and st.leader == slow_id
+    end), "the leadership never moved to the slow member")
+    cli:close()
+    cli = assert(etcd.new { endpoints = { slow.endpoint, fast.endpoint, lead.endpoint }, timeout = 15 })
+    assert.equal(slow_id, assert(cli:put("fl/1", "v")).header.member_id)
+    slow:pause()
+    local d = etcd.spawn(function() return { cli:put("fl/d", "v") } end)
+    k = etcd.spawn(function() etcd.sleep(0.2) slow:kill() end)
+    local _, rd = assert(d:join())
+    assert(k:join())
+    assert.equal("UNAVAILABLE", rd[3])
+    local t0 = core.now()
+    local e, emsg, ecode = cli:put("fl/e", "v", { timeout = 3 })
+    local took = core.now() - t0
+    assert.is_nil(e)
+    assert.equal("no_leader", ecode, emsg)
+    assert.matches("not sent", emsg)
+    assert.is_true(took >= 2.9 and took < 3.5, tostring(took))
+
+    -- back with a quorum: the writes that failed were never applied
+    cl:restart()
+    cl:wait_leader(20)
+    local g = assert(cli:get("fl/", { prefix = true, timeout = 10 }))
+    local keys = {}
+    for _, kv in ipairs(g.kvs) do keys[#keys + 1] = kv.key end
+    table.sort(keys)
+    assert.same({ "fl/0", "fl/1", "fl/b" }, keys)
+    cli:close()
+  end)
+end)

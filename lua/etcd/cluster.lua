@@ -40,8 +40,10 @@ end
 
 -- One call of `method` to each of the client's endpoints at once, failing
 -- fast on a member that is down. Returns, per endpoint index, { res } or
--- { nil, msg, code }, with `took` (seconds until it was seen done).
-local function each_endpoint(cli, method, req, timeout)
+-- { nil, msg, code }, with `took` (seconds until it was seen done). With
+-- `enough` (a function of one such result), the first result it accepts
+-- ends the wait: the calls still out are cancelled (their results say so).
+local function each_endpoint(cli, method, req, timeout, enough)
   rpc.view(cli)
   local cc, md = cli._core, cli._md
   local t0 = wait.now()
@@ -66,10 +68,19 @@ local function each_endpoint(cli, method, req, timeout)
           if res then out[i] = { res } else out[i] = { errors.fail(msg, code) } end
           out[i].took = wait.now() - t0
           left, seen = left - 1, true
+          if enough and enough(out[i]) then left = 0 end
         end
       end
       return seen or false
     end)
+    if left == 0 then
+      for i, h in pairs(calls) do
+        if not out[i] then
+          h:cancel()
+          out[i] = { nil, "etcd: not needed", "cancelled", took = wait.now() - t0 }
+        end
+      end
+    end
     if r == wait.TIMEOUT then
       for i, h in pairs(calls) do
         if not out[i] then
@@ -192,19 +203,23 @@ function M.install(Client)
 
   --- cli:move_leader(id, opts) -> { header }: hand leadership to member `id`.
   -- etcd takes this only from the current leader: the call goes to the
-  -- endpoint whose status names itself leader.
+  -- endpoint whose status names itself leader. Every endpoint is asked at
+  -- once, failing fast on one that is down, within the call's one deadline
+  -- (asked one after the other, a dead member ahead of the leader cost a
+  -- whole timeout).
   function Client:move_leader(id, opts)
     check.self(self, Client, "move_leader", 2)
     id = check.arg(id, "id", 1, "id", "move_leader", 2)
     local o = check.options(opts, CALL, "move_leader", 2)
-    for _, ep in ipairs(self._endpoints) do
-      local i = self._chan[ep]
-      local st = self:_call("Maintenance.Status", {}, o.timeout, i)
-      if st and st.leader == st.header.member_id then
-        return self:_call("Maintenance.MoveLeader", { target_id = id }, o.timeout, i)
-      end
+    local timeout = o.timeout or self._timeout
+    local dl = wait.now() + timeout
+    local function leads(r) return r[1] ~= nil and r[1].leader == r[1].header.member_id end
+    local out = each_endpoint(self, "Maintenance.Status", {}, timeout, leads)
+    local chan
+    for i, ep in ipairs(self._endpoints) do
+      if out[i] and leads(out[i]) then chan = self._chan[ep] end
     end
-    return self:_call("Maintenance.MoveLeader", { target_id = id }, o.timeout)
+    return self:_call("Maintenance.MoveLeader", { target_id = id }, math.max(0, dl - wait.now()), chan)
   end
 
   --- cli:sync(opts) -> endpoints | nil, msg, code: the client's endpoints

@@ -108,45 +108,72 @@ local function with_leader(cli, md)
 end
 
 -- The leader fence. A call that failed with UNAVAILABLE (its connection
--- broke) or ran out of time on member M leaves M suspect: it may be the
--- leader, dead or hung. The other members believe in it until their election
--- timeout, and a write sent to one of them meanwhile is forwarded to M and
--- dropped without a word: it fails at its deadline, outcome unknown (etcd
--- 3.4). So the writes that follow wait first, all of them on one check,
--- until M answers again or another member names a leader other than M (or
--- none: etcd then refuses writes with "no leader", which applied nothing and
--- are sent again); each within its own deadline. Reads do not wait (a read
--- is sent again after any UNAVAILABLE). The check asks every endpoint's
--- status at once, again every FENCE_PAUSE until one answer settles it.
-local FENCE_PAUSE = 0.05
+-- broke, or etcd's "request timed out") or ran out of time on member M
+-- leaves the cluster's leader suspect: M itself may be the leader, dead or
+-- hung, or M's leader may be. The other members believe in a dead leader
+-- until their election timeout, and a write sent to one of them meanwhile is
+-- forwarded to it and dropped without a word: it fails at its deadline,
+-- outcome unknown (etcd 3.4). So the writes that follow wait first, all of
+-- them on one check, until the check finds a live leader; each within its
+-- own deadline. The check asks every endpoint's status at once, again every
+-- FENCE_PAUSE, until an answer settles it:
+--   * a member names itself the leader: a leader answered;
+--   * a member names a leader that is not among the client's endpoints (the
+--     client cannot ask it) and is not M;
+--   * a member names a leader that some member has named for FENCE_TRUST
+--     since the check began: a leader that dead would have been given up by
+--     then (etcd's election timeout is 1 s by default, randomised up to 2 s),
+--     so it lives, even if this client cannot reach it.
+-- A member that names no leader does not settle it: it may be the first to
+-- have given up on a dead leader while another still forwards to it (CI met
+-- a write lost so). Reads do not wait (a read is sent again after any
+-- UNAVAILABLE). Out of time, the writes are not sent: they fail "no_leader"
+-- when the last answer named none (as etcd would have refused them), else
+-- "timeout"; either way nothing was applied.
+local FENCE_PAUSE, FENCE_TRUST = 0.05, 3
 
 local function suspect(cli, chan)
   if cli._fence or not chan or chan == 0 then return end
   local member = cli._core:_member_at(chan)
-  if member then cli._fence = { chan = chan, member = member } end
+  if member then cli._fence = { member = member } end
 end
 
-local function settles(f, chan, res)
-  return chan == f.chan or res.header.member_id == f.member or res.leader ~= f.member
+-- Does status answer `res` settle fence `f`? `ours`: member id -> true for
+-- the client's endpoints; `named`: leader id -> when an answer first named it.
+local function settles(f, res, ours, named)
+  local l = res.leader
+  if l == 0 then return false end
+  if l == res.header.member_id then return true end
+  if not ours[l] and l ~= f.member then return true end
+  local t = named[l]
+  if not t then named[l] = now() return false end
+  return now() - t >= FENCE_TRUST
 end
 
+-- Returns true once settled (or when there is nothing to judge by), else
+-- false and whether a member named no leader (the deadline came first).
 local function fence(cli, dl)
   local f = cli._fence
   if f.ev then
     f.ev:wait(dl)
-    return
+    if f.settled == nil then return false, false end
+    return f.settled, f.leaderless
   end
   f.ev = wait.event()
   local cc = cli._core
   local calls = {} -- endpoint index -> the status call in flight there
+  local leaderless = false
+  local ours, named = {}, {}
   local ok, err = pcall(function()
     while now() < dl do
       local toks = {}
       for _, ep in ipairs(cli._endpoints) do
         local i = cli._chan[ep]
+        local m = cc:_member_at(i)
+        if m then ours[m] = true end
         if not calls[i] then
           local h, _, code = cc:_unary("Maintenance.Status", {}, math.max(0, math.min(1, dl - now())), cli._md, i, true)
-          if not h and code == "closed" then return end
+          if not h and code == "closed" then return true end
           calls[i] = h
         end
         if calls[i] then toks[#toks + 1] = calls[i]:token() end
@@ -156,23 +183,29 @@ local function fence(cli, dl)
           if h:done() then
             calls[i] = nil
             local res, _, code = h:result()
+            if res then
+              ours[res.header.member_id] = true
+              if settles(f, res, ours, named) then return true end
+              leaderless = res.leader == 0
             -- an answer that is not a sign of a member gone (a refusal
             -- of some other kind) cannot be judged: do not hold writes
-            if res and settles(f, i, res) or not res and not RETRY_ON[code] and code ~= "timeout" then
+            elseif not RETRY_ON[code] and code ~= "timeout" then
               return true
             end
           end
         end
         return false
       end)
-      if done == true then return end
+      if done == true then return true end
     end
+    return false
   end)
   for _, h in pairs(calls) do h:cancel() end
-  -- settled, or out of time: the writes that follow go as before
   cli._fence = nil
+  f.settled, f.leaderless = ok and err or false, leaderless
   f.ev:signal()
   if not ok then error(err, 0) end
+  return f.settled, leaderless
 end
 
 -- Go's limit on attempts (options.go: defaultUnaryMaxRetries).
@@ -226,7 +259,13 @@ function M.call(cli, method, req, timeout, chan, ns)
   local quorum = math.floor(#cli._endpoints / 2) + 1
   local attempt, waited = 0, 0
   while true do
-    if retry and not repeatable and cli._fence then fence(cli, dl) end
+    if retry and not repeatable and cli._fence then
+      local settled, leaderless = fence(cli, dl)
+      if not settled and now() >= dl then
+        if leaderless then return nil, "etcd: no leader (the write was not sent)", "no_leader" end
+        return nil, "etcd: deadline exceeded waiting for a leader (the write was not sent)", "timeout"
+      end
+    end
     local md = cli._md
     local send = repeatable and md or with_leader(cli, md)
     local res, msg, code, on = M.once(cc, method, req, dl, send, chan, nil, ns)
