@@ -99,6 +99,25 @@ describe("a leader kill under load", function()
     assert(cli:revoke(l.id))
     cl.members[li]:restart()
   end)
+
+  it("a write sent right after the leader died, before any call of the client failed there, waits for the next leader #novalgrind", function()
+    local li = cl:wait_leader(20)
+    local c2, lid = cl:client_on(li, { timeout = 10 })
+    assert.equal(lid, assert(c2:put("fo2/0", "v")).header.member_id) -- in use: the leader
+    local n0 = c2._core:_drops()
+    cl.members[li]:kill()
+    -- the client learns of it from its connection, not from a failed call
+    assert.is_true(helpers.eventually(2, function() return c2._core:_drops() > n0 end), "the drop went unseen")
+    -- the followers still believe in the dead leader (their election
+    -- timeout is 0.5 s or more): sent now, a write would be forwarded to it
+    -- and dropped without a word
+    local p, msg, code = c2:put("fo2/1", "v")
+    assert(p, ("%s (%s)"):format(tostring(msg), tostring(code)))
+    assert.not_equal(lid, p.header.member_id)
+    assert.equal(1, assert(c2:get("fo2/1")).kvs[1].version)
+    c2:close()
+    cl.members[li]:restart()
+  end)
 end)
 
 -- The leader fence, its edge: after a leader dies, one follower can give up

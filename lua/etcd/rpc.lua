@@ -259,6 +259,15 @@ function M.call(cli, method, req, timeout, chan, ns)
   local quorum = math.floor(#cli._endpoints / 2) + 1
   local attempt, waited = 0, 0
   while true do
+    if retry and not repeatable then
+      -- a connection lost since the last write (a member died or
+      -- restarted) is a suspect too, though no call of ours failed on it
+      local n, at = cc:_drops()
+      if n ~= cli._drops then
+        cli._drops = n
+        if at then suspect(cli, at) end
+      end
+    end
     if retry and not repeatable and cli._fence then
       local settled, leaderless = fence(cli, dl)
       if not settled and now() >= dl then

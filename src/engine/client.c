@@ -411,21 +411,39 @@ static void *pump_main(void *arg) {
 /* ---------------------------------------------------------------------- */
 /* channels and connectivity                                                */
 
+/* Every channel's connectivity is watched from the dial on, one watch after
+ * the other (a watch ends at a change of state or after EC_CHAN_WATCH_S):
+ * etcd.new's dial waits on the client's token for a channel to become
+ * READY, and a READY channel that leaves READY is a lost connection
+ * (`drops`: the leader fence in rpc.lua starts from it). Until the dial's
+ * `watch_until` a channel not READY is also asked to connect. The watches
+ * end when the channels are destroyed (ec_client_close). */
+#define EC_CHAN_WATCH_S 300
+
+static void chan_watch_locked(ec_client *c, ec_chan *ch, grpc_connectivity_state st) {
+  grpc_channel_watch_connectivity_state(
+      ch->channel, st,
+      gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_seconds(EC_CHAN_WATCH_S, GPR_TIMESPAN)),
+      c->cq, &ch->tag);
+  ch->watching = 1;
+}
+
 static void chan_watch_done(ec_tag *tag, int ok) {
+  (void)ok; /* a change or the watch's own deadline: look again either way */
   ec_chan *ch = (ec_chan *)tag;
   ec_client *c = ch->client;
   pthread_mutex_lock(&c->mu);
   ch->watching = 0;
   ec_ready_locked(c, &c->self);
-  if (!c->closed && ok) {
-    grpc_connectivity_state st =
-        grpc_channel_check_connectivity_state(ch->channel, 1);
-    if (st != GRPC_CHANNEL_READY &&
-        gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), ch->watch_until) < 0) {
-      grpc_channel_watch_connectivity_state(ch->channel, st, ch->watch_until,
-                                            c->cq, &ch->tag);
-      ch->watching = 1;
+  if (!c->closed && ch->channel) {
+    int dialing = gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), ch->watch_until) < 0;
+    grpc_connectivity_state st = grpc_channel_check_connectivity_state(ch->channel, dialing);
+    if (ch->seen == GRPC_CHANNEL_READY && st != GRPC_CHANNEL_READY && !ch->retired) {
+      c->drops++;
+      c->drop_chan = (size_t)(ch - c->chans);
     }
+    ch->seen = st;
+    chan_watch_locked(c, ch, st);
   }
   pthread_mutex_unlock(&c->mu);
 }
@@ -439,14 +457,21 @@ void ec_client_dial(ec_client *c, int64_t timeout_ms) {
       ch->watch_until = until;
       grpc_connectivity_state st =
           grpc_channel_check_connectivity_state(ch->channel, 1);
-      if (!ch->watching && st != GRPC_CHANNEL_READY) {
-        grpc_channel_watch_connectivity_state(ch->channel, st, until, c->cq,
-                                              &ch->tag);
-        ch->watching = 1;
+      if (!ch->watching) {
+        ch->seen = st;
+        chan_watch_locked(c, ch, st);
       }
     }
   }
   pthread_mutex_unlock(&c->mu);
+}
+
+uint64_t ec_client_drops(ec_client *c, size_t *chan) {
+  pthread_mutex_lock(&c->mu);
+  uint64_t n = c->drops;
+  *chan = c->drop_chan;
+  pthread_mutex_unlock(&c->mu);
+  return n;
 }
 
 int ec_client_ready(ec_client *c) {
@@ -793,8 +818,9 @@ static int add_target_locked(ec_client *c, const char *target, char *err, size_t
   ch->tag.done = chan_watch_done;
   ch->client = c;
   ch->channel = grpc_channel_create(ch->target, c->creds, &chargs);
-  /* connect now, as etcd.new's dial does for the first ones */
-  grpc_channel_check_connectivity_state(ch->channel, 1);
+  /* connect now, as etcd.new's dial does for the first ones, and watch it */
+  ch->seen = grpc_channel_check_connectivity_state(ch->channel, 1);
+  chan_watch_locked(c, ch, ch->seen);
   c->chan_gen++;
   return (int)c->nchan++;
 }

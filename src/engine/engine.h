@@ -143,6 +143,11 @@ void ec_client_auto_sync(ec_client *c, int64_t ms);
 /* The member id behind channel i, as the last unary answer from it said;
  * 0 when none has come. */
 uint64_t ec_client_member_at(ec_client *c, size_t i);
+/* How many times a channel's connection was lost (READY, then any other
+ * state: the member died, restarted or the link broke), and in *chan the
+ * channel of the last such loss. Every channel's connectivity is watched
+ * from etcd.new's dial on, for as long as the client lives. */
+uint64_t ec_client_drops(ec_client *c, size_t *chan);
 
 /* Start a unary call. `chan` < 0 lets the client choose the channel.
  * `fail_fast`: fail at once on a channel that cannot connect (its status then

@@ -99,7 +99,10 @@ typedef struct ec_chan {
   grpc_channel *channel;
   char *target;
   int watching;
+  /* until then (etcd.new's dial) the watch also asks it to connect */
   gpr_timespec watch_until;
+  /* the state its watch last saw: READY then anything else is a drop */
+  grpc_connectivity_state seen;
   /* the member stopped answering (ec_chan_avoid_locked): other channels
    * are preferred until it answers again; `probe` asks it meanwhile */
   int avoid;
@@ -223,6 +226,10 @@ struct ec_client {
   size_t max_send; /* the channels' send limit, bytes */
   int tls;          /* https:// endpoints (auto-sync keeps to those) */
   uint64_t chan_gen; /* counts changes to the set of endpoints */
+  /* connections lost: counted, with the channel of the last (engine.h,
+   * ec_client_drops) */
+  uint64_t drops;
+  size_t drop_chan;
   /* auto-sync: a MemberList of the engine's own every sync_ms (0: off) */
   int64_t sync_ms;
   ec_timer sync_timer;

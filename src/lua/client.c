@@ -358,6 +358,18 @@ static int l_member_at(lua_State *L) {
   return 1;
 }
 
+/* client:_drops() -> n, chan: connections lost so far, and the 1-based
+ * endpoint of the last (nil before any) */
+static int l_drops(lua_State *L) {
+  lclient *u = lb_check_client(L);
+  size_t chan = 0;
+  uint64_t n = u->c ? ec_client_drops(u->c, &chan) : 0;
+  lua_pushinteger(L, (lua_Integer)n);
+  if (n) lua_pushinteger(L, (lua_Integer)chan + 1);
+  else lua_pushnil(L);
+  return 2;
+}
+
 static int l_navoided(lua_State *L) {
   lclient *u = lb_check_client(L);
   lua_pushinteger(L, u->c ? (lua_Integer)ec_client_navoided(u->c) : 0);
@@ -468,7 +480,7 @@ void lb_open_client(lua_State *L) {
       {"close", l_close},         {"pollfd", l_pollfd},
       {"_dial", l_dial},          {"_ready", l_ready},
       {"_wait", l_wait},          {"_inflight", l_inflight},
-      {"_navoided", l_navoided}, {"_current", l_current},
+      {"_navoided", l_navoided}, {"_current", l_current}, {"_drops", l_drops},
       {"_member_at", l_member_at}, {"_targets", l_targets},
       {"_chan_gen", l_chan_gen},  {"_auto_sync", l_auto_sync},
       {"_add_target", l_add_target}, {"_retire", l_retire},
