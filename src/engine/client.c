@@ -71,6 +71,27 @@ static int internal_call_locked(ec_client *c, const char *path, const void *req,
 static pthread_mutex_t global_mu = PTHREAD_MUTEX_INITIALIZER;
 static long global_pid;
 
+/* This process's pid, kept without a syscall: set by the first init and by
+ * the fork() child handler. In a child only the thread that forked exists,
+ * and a client's lock may have been held by another thread at the fork, to
+ * be released never: a parent's client is then touched without its lock
+ * (ec_client_forked), and every call on it fails "forked" before any. */
+static long self_pid;
+static void atfork_child(void) { self_pid = (long)getpid(); }
+
+int ec_client_forked(const ec_client *c) { return c->pid != self_pid; }
+
+/* c->mu, unless this is a fork() child (see self_pid): returns whether it
+ * was taken, for unlock_if. */
+static int lock_unless_forked(ec_client *c) {
+  if (ec_client_forked(c)) return 0;
+  pthread_mutex_lock(&c->mu);
+  return 1;
+}
+static void unlock_if(ec_client *c, int locked) {
+  if (locked) pthread_mutex_unlock(&c->mu);
+}
+
 static void log_sink(gpr_log_func_args *args) {
   /* gRPC's own log lines stay off stderr unless asked for. */
   static int want = -1;
@@ -111,7 +132,8 @@ int ec_global_init(void) {
     gpr_set_log_function(log_sink);
     quiet_absl_deadlock_check();
     grpc_init();
-    global_pid = (long)getpid();
+    global_pid = self_pid = (long)getpid();
+    pthread_atfork(NULL, NULL, atfork_child);
   } else if (global_pid != (long)getpid()) {
     rc = -1;
   }
@@ -182,7 +204,7 @@ static void drain_fd(ec_client *c) {
 size_t ec_client_reap(ec_client *c, const uint64_t **out, int *all) {
   /* Drain first: a token listed after the swap below signals again. */
   drain_fd(c);
-  pthread_mutex_lock(&c->mu);
+  int locked = lock_unless_forked(c);
   if (c->reaped.n == 0) {
     ec_tokens t = c->reaped;
     c->reaped = c->ready;
@@ -195,7 +217,7 @@ size_t ec_client_reap(ec_client *c, const uint64_t **out, int *all) {
   }
   *all = c->ready_all;
   c->ready_all = 0;
-  pthread_mutex_unlock(&c->mu);
+  unlock_if(c, locked);
   *out = c->reaped.v;
   return c->reaped.n;
 }
@@ -467,10 +489,10 @@ void ec_client_dial(ec_client *c, int64_t timeout_ms) {
 }
 
 uint64_t ec_client_drops(ec_client *c, size_t *chan) {
-  pthread_mutex_lock(&c->mu);
+  int locked = lock_unless_forked(c);
   uint64_t n = c->drops;
   *chan = c->drop_chan;
-  pthread_mutex_unlock(&c->mu);
+  unlock_if(c, locked);
   return n;
 }
 
@@ -715,6 +737,12 @@ oom:
 }
 
 void ec_client_close(ec_client *c) {
+  if (ec_client_forked(c)) {
+    /* A fork() child: gRPC's threads do not exist here, and the lock may
+     * be held for good. Touch nothing but the flag. */
+    c->closed = 1;
+    return;
+  }
   pthread_mutex_lock(&c->mu);
   if (c->closed) {
     pthread_mutex_unlock(&c->mu);
@@ -722,11 +750,6 @@ void ec_client_close(ec_client *c) {
   }
   c->closed = 1;
   pthread_cond_signal(&c->pump_cv); /* the pump drains the queue from now on */
-  if ((long)getpid() != c->pid) {
-    /* A fork() child: gRPC's threads do not exist here. Touch nothing. */
-    pthread_mutex_unlock(&c->mu);
-    return;
-  }
   for (ec_call *k = c->inflight; k; k = k->next) {
     k->end = EC_END_CLOSED;
     grpc_call_cancel_with_status(k->call, GRPC_STATUS_CANCELLED,
@@ -776,9 +799,9 @@ void ec_client_release(ec_client *c) {
 
 int ec_client_closed(const ec_client *c) {
   ec_client *m = (ec_client *)c;
-  pthread_mutex_lock(&m->mu);
+  int locked = lock_unless_forked(m);
   int v = m->closed;
-  pthread_mutex_unlock(&m->mu);
+  unlock_if(m, locked);
   return v;
 }
 
@@ -786,6 +809,7 @@ long ec_client_pid(const ec_client *c) { return c->pid; }
 int ec_client_fd(const ec_client *c) { return c->efd; }
 
 size_t ec_client_current(ec_client *c) {
+  if (ec_client_forked(c)) return c->current;
   pthread_mutex_lock(&c->mu);
   size_t i = c->closed ? c->current : ec_pick_channel(c);
   pthread_mutex_unlock(&c->mu);
@@ -855,9 +879,9 @@ int ec_client_retire(ec_client *c, size_t i) {
 }
 
 uint64_t ec_client_chan_gen(ec_client *c) {
-  pthread_mutex_lock(&c->mu);
+  int locked = lock_unless_forked(c);
   uint64_t g = c->chan_gen;
-  pthread_mutex_unlock(&c->mu);
+  unlock_if(c, locked);
   return g;
 }
 
@@ -976,20 +1000,20 @@ void ec_client_auto_sync(ec_client *c, int64_t ms) {
 }
 
 uint64_t ec_client_member_at(ec_client *c, size_t i) {
-  pthread_mutex_lock(&c->mu);
+  int locked = lock_unless_forked(c);
   uint64_t r = i < c->nchan ? c->chans[i].member_id : 0;
-  pthread_mutex_unlock(&c->mu);
+  unlock_if(c, locked);
   return r;
 }
 
 size_t ec_client_targets(ec_client *c, const char **target, int *retired) {
-  pthread_mutex_lock(&c->mu);
+  int locked = lock_unless_forked(c);
   size_t n = c->nchan;
   for (size_t i = 0; i < n; i++) {
     target[i] = c->chans[i].target;
     retired[i] = c->chans[i].retired;
   }
-  pthread_mutex_unlock(&c->mu);
+  unlock_if(c, locked);
   return n;
 }
 
@@ -1085,7 +1109,7 @@ static int drive_locked(ec_client *c, int64_t until) {
 }
 
 int ec_client_wait(ec_client *c, int timeout_ms) {
-  if (!c->lua_drives || (long)getpid() != c->pid) {
+  if (!c->lua_drives || ec_client_forked(c)) {
     int r = wait_fd(c, timeout_ms);
     if (r < 0) return -1;
     if (ec_client_closed(c)) return -1;

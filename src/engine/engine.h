@@ -148,6 +148,9 @@ uint64_t ec_client_member_at(ec_client *c, size_t i);
  * channel of the last such loss. Every channel's connectivity is watched
  * from etcd.new's dial on, for as long as the client lives. */
 uint64_t ec_client_drops(ec_client *c, size_t *chan);
+/* The client was made in another process: this is a fork() child (no
+ * syscall: the pid is kept by a fork handler). */
+int ec_client_forked(const ec_client *c);
 
 /* Start a unary call. `chan` < 0 lets the client choose the channel.
  * `fail_fast`: fail at once on a channel that cannot connect (its status then

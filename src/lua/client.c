@@ -51,15 +51,15 @@ lclient *lb_check_client(lua_State *L) {
 /* The client, or NULL with nil, msg, code pushed (closed or forked). */
 ec_client *lb_live_client(lua_State *L, int *nret) {
   lclient *u = lb_check_client(L);
-  if (!u->c || ec_client_closed(u->c)) {
-    *nret = lb_push_fail(L, "etcd: client is closed", "closed");
-    return NULL;
-  }
-  if (ec_client_pid(u->c) != (long)getpid()) {
+  if (u->c && ec_client_forked(u->c)) {
     *nret = lb_push_fail(L,
                       "etcd: client was created in another process; create a "
                       "new client after fork()",
                       "forked");
+    return NULL;
+  }
+  if (!u->c || ec_client_closed(u->c)) {
+    *nret = lb_push_fail(L, "etcd: client is closed", "closed");
     return NULL;
   }
   return u->c;
