@@ -393,7 +393,17 @@ describe("endpoint sync", function()
     end
     first:kill()
     assert(cli:get("sync/k")) -- a read is retried on another member
-    assert(cli:put("sync/k", "after"))
+    local put, pmsg, pcode = cli:put("sync/k", "after")
+    if not put then -- (what CI needs to tell why: each member's view)
+      local views = {}
+      for _, m in ipairs { cluster.members[1], cluster.members[2], cluster.members[3], joined } do
+        local st, smsg = cli:status(m.endpoint, { timeout = 1 })
+        views[#views + 1] = st and ("%s: id %s leader %s term %s applied %s"):format(m.name,
+          st.header.member_id, st.leader, st.raft_term, st.raft_applied_index) or (m.name .. ": " .. tostring(smsg))
+      end
+      error(("put after the kill: %s (%s); before it, term %s\n%s"):format(tostring(pmsg), tostring(pcode),
+        first_st.raft_term, table.concat(views, "\n")))
+    end
     assert.equal("after", assert(cli:get("sync/k")).kvs[1].value)
     -- and once removed from the cluster, sync drops it
     assert(helpers.member_remove(cli, first_id))
