@@ -122,15 +122,16 @@ end
 --     client cannot ask it) and is not M;
 --   * a member names a leader that some member has named for FENCE_TRUST
 --     since the check began: a leader that dead would have been given up by
---     then (etcd's election timeout is 1 s by default, randomised up to 2 s),
---     so it lives, even if this client cannot reach it.
+--     then (etcd's election timeout is 1 s by default, randomised up to 2 s;
+--     5 s leaves room for a loaded machine and a slower member), so it lives,
+--     even if this client cannot reach it.
 -- A member that names no leader does not settle it: it may be the first to
 -- have given up on a dead leader while another still forwards to it (CI met
 -- a write lost so). Reads do not wait (a read is sent again after any
 -- UNAVAILABLE). Out of time, the writes are not sent: they fail "no_leader"
 -- when the last answer named none (as etcd would have refused them), else
 -- "timeout"; either way nothing was applied.
-local FENCE_PAUSE, FENCE_TRUST = 0.05, 3
+local FENCE_PAUSE, FENCE_TRUST = 0.05, 5
 
 local function suspect(cli, chan)
   if cli._fence or not chan or chan == 0 then return end
@@ -140,9 +141,12 @@ end
 
 -- Does status answer `res` settle fence `f`? `ours`: member id -> true for
 -- the client's endpoints; `named`: leader id -> when an answer first named it.
+-- No leader: 0 (ids are strings, "0", where Lua has no 64-bit integers).
+local function no_leader(id) return id == 0 or id == "0" end
+
 local function settles(f, res, ours, named)
   local l = res.leader
-  if l == 0 then return false end
+  if no_leader(l) then return false end
   if l == res.header.member_id then return true end
   if not ours[l] and l ~= f.member then return true end
   local t = named[l]
@@ -186,7 +190,7 @@ local function fence(cli, dl)
             if res then
               ours[res.header.member_id] = true
               if settles(f, res, ours, named) then return true end
-              leaderless = res.leader == 0
+              leaderless = no_leader(res.leader)
             -- an answer that is not a sign of a member gone (a refusal
             -- of some other kind) cannot be judged: do not hold writes
             elseif not RETRY_ON[code] and code ~= "timeout" then
