@@ -142,11 +142,11 @@ end
 -- Does status answer `res` settle fence `f`? `ours`: member id -> true for
 -- the client's endpoints; `named`: leader id -> when an answer first named it.
 -- No leader: 0 (ids are strings, "0", where Lua has no 64-bit integers).
-local function no_leader(id) return id == 0 or id == "0" end
+local function names_none(id) return id == 0 or id == "0" end
 
 local function settles(f, res, ours, named)
   local l = res.leader
-  if no_leader(l) then return false end
+  if names_none(l) then return false end
   if l == res.header.member_id then return true end
   if not ours[l] and l ~= f.member then return true end
   local t = named[l]
@@ -190,7 +190,7 @@ local function fence(cli, dl)
             if res then
               ours[res.header.member_id] = true
               if settles(f, res, ours, named) then return true end
-              leaderless = no_leader(res.leader)
+              leaderless = names_none(res.leader)
             -- an answer that is not a sign of a member gone (a refusal
             -- of some other kind) cannot be judged: do not hold writes
             elseif not RETRY_ON[code] and code ~= "timeout" then
